@@ -1,0 +1,40 @@
+# unigap: two commands for people (README): `make demo` and `make test`.
+# Both create .venv (idempotent, fast when nothing changed), install LLaMA-Factory,
+# unigap (editable) and the test tools, and build the embedded default model.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.unigap-installed
+MODEL  := models/tiny-janus
+PIP    := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP) $(MODEL)/config.json
+
+$(STAMP): setup.cfg setup.py pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+	# PyPI's torchvision/torchaudio are CUDA-only builds that break next to a CPU torch;
+	# the script explains, and changes nothing where torch has CUDA.
+	$(BIN)/python scripts/fix_cpu_torch_extras.py
+	$(BIN)/llamafactory-cli version > /dev/null
+	touch $@
+
+# The embedded default model: a tiny random Janus built offline (seconds).
+$(MODEL)/config.json: $(STAMP) plugin/tiny.py
+	$(BIN)/unigap tiny-model --out $(MODEL) --force
+
+test: setup
+	$(BIN)/python -m pytest tests
+
+demo: setup
+	$(BIN)/python scripts/demo.py
+
+bench: setup
+	$(BIN)/python benchmarks/bench_gen_training.py
+
+clean:
+	rm -rf $(VENV) $(MODEL) saves outputs

@@ -1,0 +1,84 @@
+"""The small example datasets shipped in ``yaml_examples/data`` (and rebuilt by tests).
+
+* ``unigap_gen_sft``: prompt -> an image the model drew itself (PNG + exact codes);
+* ``unigap_gen_dpo``: prompt -> two of its own images, chosen = the one its own
+  understanding judged more likely to show the prompt (the method in miniature);
+* ``unigap_und_sft``: drawn shapes + "Does this image show ...?" -> Yes / No.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from ..fsutil import atomic_directory
+from .sharegpt import dataset_info_entry, gen_dpo_row, gen_sft_row, und_sft_row
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
+SHAPES = ("square", "circle")
+JUDGE_QUESTION = "Does this image show {prompt}?"
+
+
+def draw_shape(colour: str, shape: str, size: int = 64):
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), (255, 255, 255))
+    box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
+    draw = ImageDraw.Draw(image)
+    (draw.rectangle if shape == "square" else draw.ellipse)(box, fill=COLOURS[colour])
+    return image
+
+
+def write_example_datasets(model_dir: str | Path, out_dir: str | Path, seed: int = 0, overwrite: bool = False):
+    """Write the three example datasets and their ``dataset_info.json`` (atomically)."""
+    import torch
+    from transformers import AutoTokenizer, JanusForConditionalGeneration
+
+    from ..codes import save_gen_image
+    from ..models.janus import JanusAdapter
+
+    model = JanusForConditionalGeneration.from_pretrained(model_dir).eval()
+    adapter = JanusAdapter(model, AutoTokenizer.from_pretrained(model_dir))
+    prompts = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
+    rng = random.Random(seed)
+    counts = {}
+    with atomic_directory(out_dir, overwrite=overwrite) as root, torch.no_grad():
+        sft_codes = adapter.generate(prompts, seeds=[seed * 1000 + i for i in range(len(prompts))])
+        sft = []
+        for i, (prompt, image) in enumerate(zip(prompts, adapter.decode_codes(sft_codes))):
+            rel = f"images/gen_{i:03d}.png"
+            save_gen_image(root / rel, image, sft_codes[i].tolist())
+            sft.append(gen_sft_row(prompt, rel))
+
+        pair_codes = adapter.generate(
+            [p for p in prompts for _ in range(2)], seeds=[seed * 1000 + 500 + i for i in range(2 * len(prompts))]
+        )
+        pair_images = adapter.decode_codes(pair_codes)
+        p_yes = adapter.judge(pair_images, [JUDGE_QUESTION.format(prompt=p) for p in prompts for _ in range(2)])
+        dpo = []
+        for i, prompt in enumerate(prompts):
+            a, b = 2 * i, 2 * i + 1
+            chosen, rejected = (a, b) if p_yes[a] >= p_yes[b] else (b, a)
+            rels = []
+            for tag, j in (("chosen", chosen), ("rejected", rejected)):
+                rel = f"images/pair_{i:03d}_{tag}.png"
+                save_gen_image(root / rel, pair_images[j], pair_codes[j].tolist())
+                rels.append(rel)
+            dpo.append(gen_dpo_row(prompt, *rels))
+
+        und = []
+        for i, (colour, shape) in enumerate((c, s) for c in COLOURS for s in SHAPES):
+            rel = f"images/shape_{i:03d}.png"
+            draw_shape(colour, shape).save(root / rel)
+            asked = (colour, shape) if rng.random() < 0.5 else (rng.choice([c for c in COLOURS if c != colour]), shape)
+            answer = "Yes" if asked == (colour, shape) else "No"
+            und.append(und_sft_row(rel, JUDGE_QUESTION.format(prompt=f"a {asked[0]} {asked[1]}"), answer))
+
+        info = {}
+        for name, rows, ranking in (("gen_sft", sft, False), ("gen_dpo", dpo, True), ("und_sft", und, False)):
+            (root / f"{name}.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+            info[f"unigap_{name}"] = dataset_info_entry(f"{name}.json", ranking=ranking)
+            counts[f"unigap_{name}"] = len(rows)
+        (root / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return counts

@@ -1,0 +1,399 @@
+"""Janus / Janus-Pro (``model_type == "janus"`` in transformers).
+
+Janus keeps image generation on its own path, beside the text head:
+codes -> ``generation_embeddings`` -> ``generation_aligner`` -> LLM ->
+``generation_head`` -> code logits.  transformers' ``forward`` only computes
+text logits, so training the generation branch needs the forward written here.
+Everything is read from the checkpoint (pad id differs between Janus-Pro-1B and
+7B, image size and codebook differ between the real and the tiny models), and
+the same code serves transformers 4.5x and 5.x.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .base import ModelSpec, TargetNLL
+
+IGNORE_INDEX = -100
+
+#: Janus-Pro's chat format (the one its processor's chat template produces).
+USER_FORMAT = "<|User|>: {content}\n\n<|Assistant|>:"
+#: Default system prompt of Janus-Pro's processor for understanding (text answers).
+DEFAULT_SYSTEM = (
+    "You are a helpful language and vision assistant. "
+    "You are able to understand the visual content that the user provides, "
+    "and assist the user with a variety of tasks using natural language.\n\n"
+)
+
+
+def _pil():
+    from PIL import Image
+
+    return Image
+
+
+class JanusAdapter:
+    """Adapter for ``JanusForConditionalGeneration`` (see :class:`unigap.models.base.UnifiedAdapter`)."""
+
+    family: ClassVar[str] = "janus"
+
+    def __init__(self, model: Any, tokenizer: Any, spec: ModelSpec | None = None, image_mean=None, image_std=None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.spec = spec or self.read_spec(model.config, tokenizer, getattr(model, "generation_config", None))
+        self.image_mean = tuple(image_mean or (0.5, 0.5, 0.5))
+        self.image_std = tuple(image_std or (0.5, 0.5, 0.5))
+
+    # ------------------------------------------------------------------ checkpoint facts
+    @classmethod
+    def matches(cls, config: Any) -> bool:
+        return getattr(config, "model_type", None) == "janus"
+
+    @classmethod
+    def read_spec(cls, config: Any, tokenizer: Any, generation_config: Any | None = None) -> ModelSpec:
+        vision, vq, text = config.vision_config, config.vq_config, config.text_config
+        side = vision.image_size // vision.patch_size
+        tokens = {
+            "image_token": getattr(tokenizer, "image_token", None) or "<image_placeholder>",
+            "boi_token": getattr(tokenizer, "boi_token", None) or "<begin_of_image>",
+            "eoi_token": getattr(tokenizer, "eoi_token", None) or "<end_of_image>",
+        }
+        ids = {}
+        for key, token in tokens.items():
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if token_id is None or token_id == tokenizer.unk_token_id:
+                raise ValueError(f"the tokenizer of this Janus checkpoint has no {key} {token!r}")
+            ids[key + "_id"] = token_id
+        if ids["image_token_id"] != config.image_token_id:
+            raise ValueError(
+                f"config.image_token_id={config.image_token_id} but the tokenizer maps {tokens['image_token']!r} "
+                f"to {ids['image_token_id']}"
+            )
+        gen_kwargs = getattr(generation_config, "generation_kwargs", None) or {}
+        if gen_kwargs.get("boi_token_id") not in (None, ids["boi_token_id"]):
+            raise ValueError("generation_config.generation_kwargs.boi_token_id disagrees with the tokenizer")
+        pad = next(
+            (
+                v
+                for v in (
+                    getattr(generation_config, "pad_token_id", None),
+                    getattr(text, "pad_token_id", None),
+                    tokenizer.pad_token_id,
+                )
+                if v is not None
+            ),
+            None,
+        )
+        if pad is None:
+            raise ValueError("this Janus checkpoint defines no pad token id (needed for classifier-free guidance)")
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(text, "bos_token_id", None)
+        return ModelSpec(
+            model_type="janus",
+            num_image_tokens=side * side,
+            codebook_size=int(vq.num_embeddings),
+            image_size=int(vision.image_size),
+            und_image_tokens=int(getattr(vision, "num_image_tokens", side * side)),
+            **tokens,
+            **ids,
+            pad_token_id=int(pad),
+            bos_token_id=None if bos is None else int(bos),
+            gen_offset=max(len(tokenizer), int(text.vocab_size)),
+        )
+
+    @classmethod
+    def freeze_patterns(cls) -> dict[str, list[str]]:
+        # Substrings of parameter names.  "model.aligner" is not a substring of
+        # "model.generation_aligner", so the two projectors stay distinct.
+        return {
+            "vision": ["model.vision_model", "model.vqmodel"],
+            "projector": ["model.aligner", "model.generation_aligner"],
+            "language": [
+                "model.language_model",
+                "lm_head",
+                "model.generation_embeddings",
+                "model.generation_head",
+            ],
+            "always_frozen": ["model.vqmodel"],
+        }
+
+    # ------------------------------------------------------------------ chat format
+    @staticmethod
+    def format_user(content: str) -> str:
+        return USER_FORMAT.format(content=content)
+
+    def gen_prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids that make the model start drawing ``prompt`` (ends with <begin_of_image>)."""
+        ids = self.tokenizer.encode(self.format_user(prompt), add_special_tokens=False)
+        head = [] if self.spec.bos_token_id is None else [self.spec.bos_token_id]
+        return head + ids + [self.spec.boi_token_id]
+
+    def und_prompt_ids(self, question: str, system: str = DEFAULT_SYSTEM) -> list[int]:
+        """Token ids of an understanding prompt about one image, up to the answer."""
+        s = self.spec
+        image = s.boi_token + s.image_token * s.und_image_tokens + s.eoi_token
+        ids = self.tokenizer.encode(system + self.format_user(image + "\n" + question), add_special_tokens=False)
+        return ([] if s.bos_token_id is None else [s.bos_token_id]) + ids
+
+    # ------------------------------------------------------------------ images <-> codes
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.model.vqmodel.quant_conv.weight.dtype
+
+    def _base(self):
+        """The JanusForConditionalGeneration under any PEFT wrapper."""
+        model = self.model
+        get_base = getattr(model, "get_base_model", None)
+        return get_base() if callable(get_base) else model
+
+    def pixels(self, images: Sequence[Any], size: int | None = None, fit: str = "crop") -> torch.Tensor:
+        """PIL images -> normalised (B, 3, size, size) pixels.
+
+        ``fit="crop"`` centre-crops to a square then resizes; ``fit="pad"`` pads
+        the shorter side with the mean colour (what Janus' image processor does).
+        """
+        import numpy as np
+
+        Image = _pil()
+        size = size or self.spec.image_size
+        out = []
+        for img in images:
+            img = img.convert("RGB")
+            w, h = img.size
+            if fit == "crop":
+                side = min(w, h)
+                left, top = (w - side) // 2, (h - side) // 2
+                img = img.crop((left, top, left + side, top + side))
+            elif fit == "pad":
+                side = max(w, h)
+                fill = tuple(int(round(m * 255)) for m in self.image_mean)
+                canvas = Image.new("RGB", (side, side), fill)
+                canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+                img = canvas
+            else:
+                raise ValueError(f"fit must be 'crop' or 'pad', got {fit!r}")
+            img = img.resize((size, size), Image.BICUBIC)
+            arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+            mean = torch.tensor(self.image_mean).view(3, 1, 1)
+            std = torch.tensor(self.image_std).view(3, 1, 1)
+            out.append((arr - mean) / std)
+        return torch.stack(out).to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[Any], fit: str = "crop") -> torch.Tensor:
+        vq = self._base().model.vqmodel
+        out = vq.encode(self.pixels(images, fit=fit))
+        # transformers 5.x returns an output object, 4.5x a tuple ending with the indices
+        indices = out.image_tokens if hasattr(out, "image_tokens") else out[-1]
+        return indices.reshape(len(images), -1).long()
+
+    @torch.no_grad()
+    def decode_codes(self, codes: torch.Tensor) -> list[Any]:
+        import numpy as np
+
+        Image = _pil()
+        codes = torch.as_tensor(codes, device=self.device).long().reshape(-1, self.spec.num_image_tokens)
+        pixels = self._base().model.vqmodel.decode(codes).float()  # (B, 3, H, W)
+        mean = torch.tensor(self.image_mean, device=pixels.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std, device=pixels.device).view(1, 3, 1, 1)
+        pixels = (pixels * std + mean).clamp(0, 1)
+        arrays = (pixels.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        return [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
+
+    # ------------------------------------------------------------------ generation branch
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        seeds: Sequence[int],
+        cfg_scale: float = 5.0,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        greedy: bool = False,
+    ) -> torch.Tensor:
+        """Draw one image per prompt with classifier-free guidance and a KV cache.
+
+        Each row samples from its own ``torch.Generator`` seeded with ``seeds[i]``,
+        so a row's codes do not depend on the batch it was drawn in.
+        """
+        if len(seeds) != len(prompts):
+            raise ValueError("one seed per prompt is required")
+        model, spec, device = self._base(), self.spec, self.device
+        ids = [self.gen_prompt_ids(p) for p in prompts]
+        batch = len(ids)
+        width = max(map(len, ids))
+        tokens = torch.full((2 * batch, width), spec.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((2 * batch, width), dtype=torch.long)
+        for i, row in enumerate(ids):
+            row_t = torch.tensor(row)
+            tokens[i, width - len(row) :] = row_t
+            keep = (row_t == spec.boi_token_id) | (row_t == (spec.bos_token_id if spec.bos_token_id is not None else -1))
+            tokens[batch + i, width - len(row) :] = torch.where(keep, row_t, torch.full_like(row_t, spec.pad_token_id))
+            mask[i, width - len(row) :] = 1
+            mask[batch + i, width - len(row) :] = 1
+        tokens, mask = tokens.to(device), mask.to(device)
+        generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        lm = model.model.language_model
+        embeds = model.get_input_embeddings()(tokens)
+        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        past = None
+        codes = torch.empty((batch, spec.num_image_tokens), dtype=torch.long, device=device)
+        for step in range(spec.num_image_tokens):
+            out = lm(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=position,
+                past_key_values=past,
+                use_cache=True,
+            )
+            past = out.past_key_values
+            logits = model.model.generation_head(out.last_hidden_state[:, -1]).float()
+            cond, uncond = logits[:batch], logits[batch:]
+            scores = uncond + (cond - uncond) * cfg_scale
+            if greedy:
+                nxt = scores.argmax(-1)
+            else:
+                probs = _filtered_probs(scores / max(temperature, 1e-6), top_k, top_p)
+                nxt = torch.stack(
+                    [torch.multinomial(probs[i], 1, generator=generators[i]).squeeze(0) for i in range(batch)]
+                )
+            codes[:, step] = nxt
+            embeds = model.prepare_embeddings_for_image_generation(torch.cat([nxt, nxt]).unsqueeze(-1))
+            mask = torch.cat([mask, mask.new_ones((2 * batch, 1))], dim=1)
+            position = position[:, -1:] + 1
+        return codes
+
+    # ------------------------------------------------------------------ understanding branch
+    def answer_token_ids(self, words: Sequence[str] = ("Yes", "No")) -> list[int]:
+        out = []
+        for word in words:
+            ids = self.tokenizer.encode(" " + word, add_special_tokens=False)
+            if not ids:
+                raise ValueError(f"the tokenizer encodes {word!r} to nothing")
+            out.append(ids[0])
+        if len(set(out)) != len(out):
+            raise ValueError(f"the answers {list(words)} share their first token; pick other answer words")
+        return out
+
+    @torch.no_grad()
+    def judge(self, images: Sequence[Any], questions: Sequence[str], fit: str = "pad") -> torch.Tensor:
+        """P(yes) against P(no) for each (image, question), from one batched forward pass."""
+        if len(images) != len(questions):
+            raise ValueError("one question per image is required")
+        model, spec, device = self._base(), self.spec, self.device
+        ids = [self.und_prompt_ids(q) for q in questions]
+        width = max(map(len, ids))
+        tokens = torch.full((len(ids), width), spec.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(tokens)
+        for i, row in enumerate(ids):
+            tokens[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+        tokens, mask = tokens.to(device), mask.to(device)
+        embeds = self._embed(model, tokens, self.pixels(images, size=model.config.vision_config.image_size, fit=fit))
+        out = model.model.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False
+        )
+        logits = model.lm_head(out.last_hidden_state[:, -1]).float()
+        yes, no = self.answer_token_ids()
+        return torch.softmax(logits[:, [yes, no]], dim=-1)[:, 0]
+
+    # ------------------------------------------------------------------ training
+    def _embed(self, model: Any, text_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        embeds = model.get_input_embeddings()(text_ids)
+        placeholders = text_ids == self.spec.image_token_id
+        if pixel_values is not None and placeholders.any():
+            feats = model.model.get_image_features(pixel_values.to(embeds.dtype))
+            feats = getattr(feats, "pooler_output", feats)  # 5.x output object / 4.5x tensor
+            feats = feats.reshape(-1, embeds.shape[-1])
+            if feats.shape[0] != int(placeholders.sum()):
+                raise ValueError(
+                    f"{int(placeholders.sum())} image placeholder tokens but {feats.shape[0]} image features "
+                    "(an understanding image was cut by cutoff_len?)"
+                )
+            embeds = embeds.masked_scatter(placeholders.unsqueeze(-1), feats.to(embeds.dtype))
+        return embeds
+
+    def drop_prompts(self, text_ids: torch.Tensor, gen_in: torch.Tensor, p: float) -> torch.Tensor:
+        """Classifier-free-guidance dropout: with probability ``p`` per generation
+        sample, replace its prompt (everything before the image but BOS) with pad,
+        exactly like the unconditional branch at generation time."""
+        if p <= 0 or not gen_in.any():
+            return text_ids
+        spec = self.spec
+        has_gen = gen_in.any(-1)
+        has_und = (text_ids == spec.image_token_id).any(-1)
+        drop = has_gen & ~has_und & (torch.rand(text_ids.shape[0], device=text_ids.device) < p)
+        if not drop.any():
+            return text_ids
+        first_gen = torch.where(has_gen, gen_in.float().argmax(-1), torch.zeros_like(has_gen, dtype=torch.long))
+        pos = torch.arange(text_ids.shape[1], device=text_ids.device).unsqueeze(0)
+        before_boi = pos < (first_gen - 1).unsqueeze(-1)
+        keep = text_ids == (spec.bos_token_id if spec.bos_token_id is not None else -1)
+        wipe = drop.unsqueeze(-1) & before_boi & ~keep
+        return text_ids.masked_fill(wipe, spec.pad_token_id)
+
+    def target_nll(
+        self,
+        model: Any,
+        batch: dict[str, Any],
+        prompt_dropout: float = 0.0,
+    ) -> TargetNLL:
+        """NLL of every target in ``batch`` (input_ids, attention_mask, labels, pixel_values).
+
+        Text targets go through ``lm_head``, image-code targets through
+        ``generation_head``; neither head is ever evaluated where it has no target,
+        so no text-vocabulary logits exist at image positions.  The structural
+        <begin_of_image>/<end_of_image> around a generated image are not targets.
+        """
+        spec = self.spec
+        input_ids, labels = batch["input_ids"], batch["labels"]
+        gen_in = input_ids >= spec.gen_offset
+        text_ids = self.drop_prompts(input_ids.masked_fill(gen_in, spec.pad_token_id), gen_in, prompt_dropout)
+        embeds = self._embed(model, text_ids, batch.get("pixel_values"))
+        if gen_in.any():
+            codes = input_ids[gen_in] - spec.gen_offset
+            gen_embeds = model.prepare_embeddings_for_image_generation(codes)
+            embeds = embeds.masked_scatter(gen_in.unsqueeze(-1), gen_embeds.to(embeds.dtype))
+        lm_kwargs = {"attention_mask": batch.get("attention_mask"), "use_cache": False}
+        if batch.get("position_ids") is not None:
+            lm_kwargs["position_ids"] = batch["position_ids"]
+        hidden = model.model.language_model(inputs_embeds=embeds, **lm_kwargs).last_hidden_state[:, :-1]
+
+        targets = labels[:, 1:]
+        gen_t = targets >= spec.gen_offset
+        following_gen = F.pad(labels[:, 2:] >= spec.gen_offset, (0, 1), value=False)
+        after_gen = labels[:, :-1] >= spec.gen_offset
+        scaffold = ((targets == spec.boi_token_id) & following_gen) | ((targets == spec.eoi_token_id) & after_gen)
+        text_t = (targets != IGNORE_INDEX) & ~gen_t & ~scaffold
+
+        nll = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
+        if text_t.any():
+            logits = model.lm_head(hidden[text_t]).float()
+            nll[text_t] = F.cross_entropy(logits, targets[text_t], reduction="none")
+        if gen_t.any():
+            logits = model.model.generation_head(hidden[gen_t]).float()
+            nll[gen_t] = F.cross_entropy(logits, targets[gen_t] - spec.gen_offset, reduction="none")
+        return TargetNLL(nll=nll, text_mask=text_t, gen_mask=gen_t)
+
+
+def _filtered_probs(scores: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Softmax after top-k and nucleus (top-p) filtering, row-wise."""
+    if top_k is not None and 0 < top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        cum = sorted_scores.softmax(-1).cumsum(-1)
+        remove_sorted = cum - sorted_scores.softmax(-1) >= top_p  # keep the token that crosses top_p
+        remove = remove_sorted.scatter(-1, order, remove_sorted)
+        scores = scores.masked_fill(remove, float("-inf"))
+    return scores.softmax(-1)

@@ -1,0 +1,214 @@
+"""A tiny random Janus-architecture checkpoint, built offline in seconds.
+
+It is a real ``JanusForConditionalGeneration`` (config, safetensors weights, a
+byte-level BPE tokenizer trained here, a processor, a generation config) that
+loads with ``from_pretrained`` and exercises every path of unigap: the real
+Janus-Pro checkpoints go through exactly the same code, only bigger.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .fsutil import atomic_directory
+
+BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
+IMAGE, BOI, EOI = "<image_placeholder>", "<begin_of_image>", "<end_of_image>"
+USER, ASSISTANT = "<|User|>", "<|Assistant|>"
+SPECIAL_TOKENS = [BOS, EOS, PAD, USER, ASSISTANT, IMAGE, BOI, EOI]
+
+# A chat template written for unigap that renders Janus-Pro's format:
+# "<|User|>: {text}\n\n<|Assistant|>: {answer}<eos>", images as <image_placeholder>.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['content'] is string %}{% set parts = [{'type': 'text', 'text': m['content']}] %}"
+    "{% else %}{% set parts = m['content'] %}{% endif %}"
+    "{% if m['role'] == 'system' %}{% for p in parts %}{{ p['text'] }}{% endfor %}"
+    "{% elif m['role'] == 'user' %}<|User|>: "
+    "{% for p in parts %}{% if p['type'] == 'image' %}<image_placeholder>{% if not loop.last %}\n{% endif %}"
+    "{% else %}{{ p['text'] }}{% endif %}{% endfor %}\n\n"
+    "{% else %}<|Assistant|>: {% for p in parts %}{{ p['text'] }}{% endfor %}" + EOS + "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|Assistant|>:{% endif %}"
+)
+
+_WORDS = (
+    "a an the one two three four of and or with on in left right above below next to behind front "
+    "red green blue yellow purple orange black white gray pink brown cyan "
+    "square circle triangle bar column star ring cross dot line shape object objects "
+    "small big large tiny long short thin wide bright dark "
+    "dog cat bird car house tree flower apple ball cup chair table sky sea sun moon "
+    "image picture photo show shows showing does is are this that it there what which how many where "
+    "yes no Yes No describe answer question color colour count number position relation scene "
+    "draw drawing generate render painting of in the style simple plain background"
+).split()
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Sizes of the tiny model (defaults: 32 px images, 16 image tokens, 64 codes)."""
+
+    seed: int = 0
+    image_size: int = 32
+    patch_size: int = 8
+    codebook_size: int = 64
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    text_vocab: int = 600
+
+
+def _corpus(seed: int) -> list[str]:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(3000):
+        lines.append(" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12))))
+    lines += [" ".join(p) for p in itertools.permutations(["Does", "this", "image", "show"], 4)]
+    lines += ["Yes.", "No.", " Yes", " No", "0123456789", "!?.,:;'\"()-_/\n"]
+    return lines
+
+
+def build_tokenizer(spec: TinySpec):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.text_vocab,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(_corpus(spec.seed), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=4096,
+        extra_special_tokens={"image_token": IMAGE, "boi_token": BOI, "eoi_token": EOI},
+    )
+
+
+def _image_processor(spec: TinySpec):
+    try:  # transformers 5.x: the numpy/PIL variant needs no torchvision
+        from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil as cls
+    except ImportError:  # transformers 4.5x: the slow processor is the PIL one
+        from transformers.models.janus.image_processing_janus import JanusImageProcessor as cls
+    return cls(
+        size={"height": spec.image_size, "width": spec.image_size},
+        min_size=4,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+
+
+def _rescale_image_paths(model) -> None:
+    """Give the tiny model image paths that carry signal.
+
+    With the default init (std 0.02 everywhere) the 8-dim code embeddings shrink
+    ~10^4-fold through the two aligner MLPs, so a random tiny model cannot tell
+    one code (or one image) from another and nothing image-related can be
+    learnt in a few steps.  Real checkpoints are trained and unaffected; here
+    the code embeddings get unit variance and the aligners a
+    variance-preserving init.
+    """
+    import torch
+
+    with torch.no_grad():
+        model.model.generation_embeddings.weight.normal_(0.0, 1.0)
+        for aligner in (model.model.aligner, model.model.generation_aligner):
+            for layer in aligner.modules():
+                if isinstance(layer, torch.nn.Linear):
+                    layer.weight.normal_(0.0, layer.in_features**-0.5)
+
+
+def build_tiny_janus(out_dir: str | Path, spec: TinySpec = TinySpec(), overwrite: bool = False) -> Path:
+    """Write a tiny random Janus checkpoint to ``out_dir`` (atomically) and return its path."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        JanusConfig,
+        JanusForConditionalGeneration,
+        JanusProcessor,
+        JanusVisionConfig,
+        JanusVQVAEConfig,
+        LlamaConfig,
+    )
+
+    if spec.image_size % spec.patch_size:
+        raise ValueError("image_size must be a multiple of patch_size")
+    side = spec.image_size // spec.patch_size
+    downsample = spec.patch_size.bit_length() - 1  # the VQ halves the size once per extra level
+    if 2**downsample != spec.patch_size:
+        raise ValueError("patch_size must be a power of two")
+
+    tokenizer = build_tokenizer(spec)
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=2 * spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=4096,
+        bos_token_id=ids[BOS],
+        eos_token_id=ids[EOS],
+        pad_token_id=ids[PAD],
+        tie_word_embeddings=False,
+    )
+    vision = JanusVisionConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        mlp_ratio=2.0,
+        projection_dim=spec.hidden_size,
+        depth=2,
+        num_image_tokens=side * side,
+    )
+    vq = JanusVQVAEConfig(
+        embed_dim=8,
+        num_embeddings=spec.codebook_size,
+        latent_channels=32,
+        base_channels=32,
+        channel_multiplier=[1] * (downsample + 1),
+        num_res_blocks=1,
+        num_patches=side,
+        projection_dim=spec.hidden_size,
+        image_token_embed_dim=spec.hidden_size,
+        num_hidden_layers=2,
+    )
+    config = JanusConfig(
+        text_config=text, vision_config=vision, vq_config=vq, image_token_id=ids[IMAGE], tie_word_embeddings=False
+    )
+    torch.manual_seed(spec.seed)
+    model = JanusForConditionalGeneration(config).eval()
+    _rescale_image_paths(model)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids[BOS],
+        eos_token_id=ids[EOS],
+        pad_token_id=ids[PAD],
+        guidance_scale=5.0,
+        generation_kwargs={"boi_token_id": ids[BOI], "num_image_tokens": side * side},
+    )
+    processor = JanusProcessor(
+        image_processor=_image_processor(spec),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+        use_default_system_prompt=True,
+    )
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "unigap_tiny.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    return Path(out_dir)

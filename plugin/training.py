@@ -1,0 +1,133 @@
+"""Host-independent pieces of unified-model training (SFT and DPO losses).
+
+The bridge's trainer subclasses are thin: they call into here.  The loss is
+computed *inside* the model's forward (a dispatching ``forward`` installed on
+the model instance) so that DDP, DeepSpeed and FSDP wrappers, which only hook
+``forward``, see and synchronise every parameter the loss uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .models import adapter_class_for
+from .models.base import TargetNLL
+
+#: keyword the trainers pass through every wrapper to reach unigap's forward
+FORWARD_KEY = "unigap"
+_BATCH_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids")
+
+
+def unwrap_model(model: Any) -> Any:
+    """The transformers model under DDP / accelerate / PEFT wrappers."""
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif callable(getattr(model, "get_base_model", None)):
+            model = model.get_base_model()
+    return model
+
+
+def adapter_for_model(model: Any, tokenizer: Any) -> Any | None:
+    """An adapter for a (possibly wrapped) unified model, or None for other models."""
+    base = unwrap_model(model)
+    cls = adapter_class_for(getattr(base, "config", None))
+    return None if cls is None else cls(base, tokenizer)
+
+
+def install_forward(model: Any, adapter: Any) -> None:
+    """Make ``model(..., unigap={...})`` compute unigap's losses; other calls are unchanged.
+
+    The patch is an instance attribute (the checkpoint's class, and so its saved
+    ``architectures``, stay the transformers class).
+    """
+    base = unwrap_model(model)
+    base._unigap_adapter = adapter
+    if getattr(base, "_unigap_forward_installed", False):
+        return
+    original = type(base).forward
+
+    @functools.wraps(original)
+    def forward(self, *args, **kwargs):
+        request = kwargs.pop(FORWARD_KEY, None)
+        if request is None:
+            return original(self, *args, **kwargs)
+        batch = {k: kwargs[k] for k in _BATCH_KEYS if kwargs.get(k) is not None}
+        tnll = self._unigap_adapter.target_nll(self, batch, prompt_dropout=request.get("prompt_dropout", 0.0))
+        if request.get("mode") == "sft":
+            return sft_loss(tnll, gen_weight=request.get("gen_weight", 1.0))
+        return {"nll": tnll.nll, "text_mask": tnll.text_mask, "gen_mask": tnll.gen_mask}
+
+    base.forward = types.MethodType(forward, base)
+    base._unigap_forward_installed = True
+
+
+def sft_loss(tnll: TargetNLL, gen_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """Mean NLL over all targets, image codes weighted by ``gen_weight``; plus per-head stats."""
+    text_sum = (tnll.nll * tnll.text_mask).sum()
+    gen_sum = (tnll.nll * tnll.gen_mask).sum()
+    n_text = tnll.text_mask.sum()
+    n_gen = tnll.gen_mask.sum()
+    total = (n_text + n_gen).clamp(min=1)
+    loss = (text_sum + gen_weight * gen_sum) / total
+    if n_text + n_gen == 0:  # keep the graph connected for DDP when a batch has no target
+        loss = loss + 0.0 * tnll.nll.sum()
+    return {
+        "loss": loss,
+        "text_nll_sum": text_sum.detach(),
+        "gen_nll_sum": gen_sum.detach(),
+        "n_text": n_text.detach(),
+        "n_gen": n_gen.detach(),
+    }
+
+
+def sequence_logps(out: dict[str, torch.Tensor], average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence sum (or mean) of target log-probs, and the number of targets."""
+    mask = out["text_mask"] | out["gen_mask"]
+    length = mask.sum(-1)
+    logps = -(out["nll"] * mask).sum(-1)
+    if average:
+        logps = logps / length.clamp(min=1)
+    return logps, length
+
+
+@dataclass
+class RunningStats:
+    """Per-head loss averages between two log lines."""
+
+    text_sum: float = 0.0
+    gen_sum: float = 0.0
+    n_text: int = 0
+    n_gen: int = 0
+
+    def add(self, out: dict[str, torch.Tensor]) -> None:
+        self.text_sum += float(out["text_nll_sum"])
+        self.gen_sum += float(out["gen_nll_sum"])
+        self.n_text += int(out["n_text"])
+        self.n_gen += int(out["n_gen"])
+
+    def pop(self) -> dict[str, float]:
+        logs = {}
+        if self.n_text:
+            logs["text_loss"] = round(self.text_sum / self.n_text, 4)
+        if self.n_gen:
+            logs["gen_loss"] = round(self.gen_sum / self.n_gen, 4)
+        self.__init__()
+        return logs
+
+
+def fingerprint(params: list[tuple[str, torch.Tensor]]) -> dict[str, list[float]]:
+    """Exact float64 checksums of parameters, to prove a reference model never moved."""
+    out = {}
+    with torch.no_grad():
+        for name, param in params:
+            data = param.detach().double()
+            out[name] = [float(data.sum()), float((data * data).sum())]
+    return out
