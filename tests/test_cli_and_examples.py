@@ -1,0 +1,84 @@
+"""The `unigap` command and the shipped yaml_examples, run as a user would."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import BIN, ROOT, run
+
+DEFAULT_MODEL = ROOT / "models" / "tiny-janus"
+
+
+def test_tiny_model_command_writes_a_loadable_janus(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    out = tmp_path / "tiny"
+    proc = run([str(BIN / "unigap"), "tiny-model", "--out", str(out), "--codebook-size", "128", "--image-size", "64"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    assert type(model).__name__ == "JanusForConditionalGeneration"
+    assert AutoProcessor.from_pretrained(out).tokenizer.boi_token == "<begin_of_image>"
+    assert AutoTokenizer.from_pretrained(out).image_token == "<image_placeholder>"
+    assert model.config.vq_config.num_embeddings == 128 and model.config.vision_config.num_image_tokens == 64
+    # never clobbers an existing directory
+    again = run([str(BIN / "unigap"), "tiny-model", "--out", str(out)])
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_generate_command_writes_png_and_exact_codes(tmp_path, tiny_model, tiny):
+    from unigap.codes import load_codes
+    from unigap.models.janus import JanusAdapter
+
+    out = tmp_path / "gen"
+    cmd = [str(BIN / "unigap"), "generate", "--model", str(tiny_model), "--prompt", "a red square",
+           "--prompt", "a blue circle", "--num", "2", "--seed", "3", "--batch-size", "3", "--out", str(out)]
+    proc = run(cmd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["prompt000_00.png", "prompt000_01.png", "prompt001_00.png", "prompt001_01.png"]
+    model, tokenizer, _ = tiny
+    adapter = JanusAdapter(model, tokenizer)
+    seeds = [3 * 1_000_003 + i * 1009 + k for i in range(2) for k in range(2)]
+    expected = adapter.generate(["a red square"] * 2 + ["a blue circle"] * 2, seeds=seeds)
+    got = torch.tensor([load_codes(p.with_name(p.stem + ".codes.npy"), adapter.spec).tolist() for p in pngs])
+    assert torch.equal(got, expected), "codes on disk must be exactly what was generated"
+    bad = run([str(BIN / "unigap"), "generate", "--model", str(tiny_model), "--prompt", " ", "--out", str(tmp_path / "x")])
+    assert bad.returncode == 2 and "non-empty" in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_generate_rejects_an_adapter_for_another_model(tmp_path, tiny_model):
+    other = tmp_path / "other"
+    assert run([str(BIN / "unigap"), "tiny-model", "--out", str(other), "--hidden-size", "32"]).returncode == 0
+    from peft import LoraConfig, get_peft_model
+    from transformers import JanusForConditionalGeneration
+
+    lora = get_peft_model(JanusForConditionalGeneration.from_pretrained(other), LoraConfig(target_modules=["q_proj"]))
+    lora.save_pretrained(tmp_path / "adapter")
+    proc = run([str(BIN / "unigap"), "generate", "--model", str(tiny_model), "--adapter", str(tmp_path / "adapter"),
+                "--prompt", "a red square", "--out", str(tmp_path / "g")])
+    assert proc.returncode == 2 and "does not fit this model" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.e2e
+def test_yaml_examples_run_as_is_from_the_repo_root(tmp_path):
+    """The four shipped YAML files and the merge example, on the embedded default and shipped data."""
+    assert (DEFAULT_MODEL / "config.json").exists(), "the embedded default model is missing: run `make setup`"
+    cli = str(BIN / "llamafactory-cli")
+    outs = {}
+    for name in ("gap_sft", "gap_dpo", "gap_sft_full", "gap_dpo_full"):
+        outs[name] = tmp_path / name
+        proc = run([cli, "train", f"yaml_examples/{name}.yaml", f"output_dir={outs[name]}"], cwd=ROOT)
+        assert proc.returncode == 0, f"{name}:\n{proc.stderr[-4000:]}"
+        history = json.loads((outs[name] / "trainer_state.json").read_text())["log_history"]
+        losses = [row["loss"] for row in history if "loss" in row]
+        assert losses and losses[-1] < losses[0], (name, losses)
+    for name in ("gap_dpo", "gap_dpo_full"):
+        assert json.loads((outs[name] / "unigap_reference_check.json").read_text())["unchanged"]
+    merged = tmp_path / "merged"
+    proc = run([cli, "export", "yaml_examples/merge_lora.yaml", f"adapter_name_or_path={outs['gap_sft']}",
+                f"export_dir={merged}"], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (merged / "model.safetensors").exists() and (merged / "generation_config.json").exists()
