@@ -247,3 +247,37 @@ def test_torchrun_two_workers(tmp_path, tiny_model, data_dir):
     losses = [row["loss"] for row in log if "loss" in row]
     assert losses[-1] < losses[0], losses
     assert (out / "adapter_model.safetensors").exists()
+
+
+def test_host_freeze_flags_apply_but_the_vq_tokenizer_stays_frozen(tmp_path, tiny, tiny_model, data_dir):
+    """Unfreezing the vision tower and projectors trains them; the VQ image tokenizer never moves."""
+    model, _, _ = tiny
+    out = tmp_path / "out"
+    lf_train(
+        base_config(
+            tiny_model, data_dir, "fixed_gen,unigap_und_sft", out, finetuning_type="full", learning_rate=1e-3,
+            num_train_epochs=2, freeze_vision_tower=False, freeze_multi_modal_projector=False,
+        ),
+        tmp_path,
+    )
+    changed = changed_keys(state(model), state(load_trained(tiny_model, out)))
+    for group in ("model.vision_model.", "model.aligner.", "model.generation_aligner.", "model.language_model."):
+        assert any(k.startswith(group) for k in changed), group
+    assert not any(k.startswith("model.vqmodel.") for k in changed)
+
+
+def test_dpo_reference_free_losses_use_mean_logps(tmp_path, tiny, tiny_model, data_dir, pairs):
+    """pref_loss: simpo (no reference model, length-normalised log-probs) through the same path."""
+    model, tokenizer, _ = tiny
+    out = tmp_path / "out"
+    lf_train(
+        base_config(
+            tiny_model, data_dir, "fixed_dpo", out, stage="dpo", learning_rate=5e-3, num_train_epochs=10,
+            pref_loss="simpo", pref_beta=2.0, simpo_gamma=0.5,
+        ),
+        tmp_path,
+    )
+    assert not (out / "unigap_reference_check.json").exists()  # no reference model in SimPO
+    trained = load_trained(tiny_model, out)
+    gains = [_margin(trained, tokenizer, p, c, r) - _margin(model, tokenizer, p, c, r) for p, (c, r) in pairs.items()]
+    assert min(gains) > 0.5, gains
