@@ -305,6 +305,14 @@ def _build_args() -> type:
             default=1.0,
             metadata={"help": "unigap: weight of each image-code token relative to a text token in the SFT loss."},
         )
+        gen_precompute_ref: bool = field(
+            default=False,
+            metadata={
+                "help": "unigap DPO: compute the frozen reference's log-probs of every training/eval pair once "
+                "before training, then drop the reference model (one model copy less in full fine-tuning, one "
+                "forward pass less per step)."
+            },
+        )
 
         def __post_init__(self):
             super().__post_init__()
@@ -390,8 +398,10 @@ def _build_sft_trainer() -> type:
 def _build_dpo_trainer() -> type:
     from llamafactory.train.dpo.trainer import CustomDPOTrainer
 
+    import torch
+
     from .fsutil import write_text_atomic
-    from .training import FORWARD_KEY, fingerprint, sequence_logps, unwrap_model
+    from .training import FORWARD_KEY, fingerprint, pair_keys, sequence_logps, unwrap_model
 
     class UnifiedDPOTrainer(CustomDPOTrainer):
         """The host's DPO trainer; for unified models log-probs cover image codes and text."""
@@ -399,6 +409,7 @@ def _build_dpo_trainer() -> type:
         def __init__(self, model, ref_model, finetuning_args, processor, disable_dropout=True, **kwargs):
             super().__init__(model, ref_model, finetuning_args, processor, disable_dropout=disable_dropout, **kwargs)
             self._unigap = _unified_setup(self, extra_models=(self.ref_model,))
+            self._ref_cache: dict[bytes, tuple[float, float]] | None = None
             if self._unigap is not None and finetuning_args.ld_alpha is not None:
                 raise ValueError("ld_alpha (LD-DPO) is not supported for unified-model training by unigap")
 
@@ -421,6 +432,41 @@ def _build_dpo_trainer() -> type:
                 "chosen_logps_avg": chosen_avg,
             }
 
+        def compute_reference_log_probs(self, model, batch):
+            if self._ref_cache is None:
+                return super().compute_reference_log_probs(model, batch)
+            try:
+                pairs = [self._ref_cache[key] for key in pair_keys(batch)]
+            except KeyError:
+                raise RuntimeError("a DPO pair has no precomputed reference log-probs (gen_precompute_ref)") from None
+            values = torch.tensor(pairs, dtype=torch.float32, device=batch["input_ids"].device)
+            return values[:, 0], values[:, 1]
+
+        def _precompute_reference(self) -> int:
+            """Reference log-probs of every pair, computed once; then the reference copy is released."""
+            from torch.utils.data import DataLoader
+
+            datasets = [self.train_dataset]
+            if isinstance(self.eval_dataset, dict):
+                datasets += list(self.eval_dataset.values())
+            elif self.eval_dataset is not None:
+                datasets.append(self.eval_dataset)
+            cache: dict[bytes, tuple[float, float]] = {}
+            for dataset in datasets:
+                loader = DataLoader(
+                    dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator
+                )
+                for batch in loader:
+                    batch = self._prepare_inputs(batch)
+                    chosen, rejected = super().compute_reference_log_probs(self.model, batch)
+                    cache.update(zip(pair_keys(batch), zip(chosen.tolist(), rejected.tolist())))
+            self._ref_cache = cache
+            if self.ref_model is not None:
+                self.ref_model = None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            return len(cache)
+
         def _reference_params(self):
             if self.ref_model is not None:
                 return "a frozen copy of the model", list(unwrap_model(self.ref_model).named_parameters())
@@ -433,13 +479,23 @@ def _build_dpo_trainer() -> type:
                 return super().train(*args, **kwargs)
             kind, params = self._reference_params()
             before = fingerprint(params)
+            extra = {}
+            if self.finetuning_args.gen_precompute_ref and self._ref_cache is None:
+                separate = self.ref_model is not None
+                extra["precomputed_pairs"] = self._precompute_reference()
+                kind = f"log-probs precomputed before training from {kind}"
+                _logger().info_rank0(f"unigap: precomputed reference log-probs of {extra['precomputed_pairs']} pairs")
+                if separate:  # the copy is gone: check it did not move while it was used, and let it be freed
+                    after, params = fingerprint(params), None
             result = super().train(*args, **kwargs)
-            after = fingerprint(params)
+            if params is not None:
+                after = fingerprint(params)
             changed = [name for name in before if before[name] != after[name]]
             if self.is_world_process_zero():
                 import json
 
                 report = {"reference": kind, "tensors": len(before), "unchanged": not changed, "changed": changed}
+                report.update(extra)
                 path = os.path.join(self.args.output_dir, "unigap_reference_check.json")
                 write_text_atomic(path, json.dumps(report, indent=2) + "\n")
             if changed:

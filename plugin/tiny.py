@@ -73,8 +73,8 @@ def _corpus(seed: int) -> list[str]:
 
 
 def build_tokenizer(spec: TinySpec):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -86,7 +86,18 @@ def build_tokenizer(spec: TinySpec):
         show_progress=False,
     )
     core.train_from_iterator(_corpus(spec.seed), trainer)
-    return PreTrainedTokenizerFast(
+    # like Janus-Pro's tokenizer, encoding with special tokens prepends BOS
+    bos_id = core.token_to_id(BOS)
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    # transformers 4.5x's JanusProcessor insists on a LlamaTokenizerFast; in 5.x that class rebuilds a
+    # sentencepiece-style pipeline on reload, so the generic class that keeps tokenizer.json is used.
+    if int(transformers.__version__.split(".")[0]) < 5:
+        from transformers import LlamaTokenizerFast as tokenizer_class
+    else:
+        from transformers import PreTrainedTokenizerFast as tokenizer_class
+    return tokenizer_class(
         tokenizer_object=core,
         bos_token=BOS,
         eos_token=EOS,

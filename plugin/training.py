@@ -123,6 +123,14 @@ class RunningStats:
         return logs
 
 
+def pair_keys(batch: dict[str, torch.Tensor]) -> list[bytes]:
+    """A content key per (chosen, rejected) pair of a concatenated DPO batch (padding ignored)."""
+    ids, mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu().bool()
+    half = ids.shape[0] // 2
+    rows = [ids[i][mask[i]].numpy().tobytes() for i in range(ids.shape[0])]
+    return [rows[i] + b"|" + rows[half + i] for i in range(half)]
+
+
 def fingerprint(params: list[tuple[str, torch.Tensor]]) -> dict[str, list[float]]:
     """Exact float64 checksums of parameters, to prove a reference model never moved."""
     out = {}

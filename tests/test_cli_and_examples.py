@@ -82,3 +82,18 @@ def test_yaml_examples_run_as_is_from_the_repo_root(tmp_path):
                 f"export_dir={merged}"], cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (merged / "model.safetensors").exists() and (merged / "generation_config.json").exists()
+
+
+def test_shipped_example_data_is_reproducible_from_the_default_model(tmp_path):
+    """yaml_examples/data is exactly what `unigap example-data` writes for the embedded default."""
+    import filecmp
+
+    assert (DEFAULT_MODEL / "config.json").exists(), "the embedded default model is missing: run `make setup`"
+    out = tmp_path / "data"
+    proc = run([str(BIN / "unigap"), "example-data", "--model", str(DEFAULT_MODEL), "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shipped = ROOT / "yaml_examples" / "data"
+    files = sorted(str(p.relative_to(shipped)) for p in shipped.rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    _, mismatch, errors = filecmp.cmpfiles(shipped, out, files, shallow=False)
+    assert not mismatch and not errors, mismatch + errors

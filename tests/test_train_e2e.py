@@ -281,3 +281,21 @@ def test_dpo_reference_free_losses_use_mean_logps(tmp_path, tiny, tiny_model, da
     trained = load_trained(tiny_model, out)
     gains = [_margin(trained, tokenizer, p, c, r) - _margin(model, tokenizer, p, c, r) for p, (c, r) in pairs.items()]
     assert min(gains) > 0.5, gains
+
+
+@pytest.mark.parametrize("finetuning_type", ["full", "lora"])
+def test_dpo_precomputed_reference_matches_live_reference(tmp_path_factory, tiny_model, data_dir, finetuning_type):
+    """gen_precompute_ref: the same training as with the live reference, without keeping it around."""
+    live = _train_dpo(tmp_path_factory, tiny_model, data_dir, finetuning_type, num_train_epochs=3,
+                      preprocessing_num_workers=2)
+    pre = _train_dpo(tmp_path_factory, tiny_model, data_dir, finetuning_type, num_train_epochs=3,
+                     gen_precompute_ref=True)
+
+    def curve(out):
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        return [v for row in history if "rewards/margins" in row for v in (row["loss"], row["rewards/margins"])]
+
+    assert len(curve(live)) == len(curve(pre)) > 6
+    assert curve(live) == pytest.approx(curve(pre), abs=1e-4)
+    report = json.loads((pre / "unigap_reference_check.json").read_text())
+    assert report["unchanged"] and report["precomputed_pairs"] == 4 and "precomputed" in report["reference"]
