@@ -388,8 +388,9 @@ def _build_sft_trainer() -> type:
             return (out["loss"], out) if return_outputs else out["loss"]
 
         def log(self, logs, *args, **kwargs):
-            if self._unigap is not None and "loss" in logs:
-                logs.update(self._unigap_stats.pop())
+            if self._unigap is not None and "loss" in logs:  # every rank logs at the same steps
+                totals = self.accelerator.reduce(self._unigap_stats.take().to(self.args.device), reduction="sum")
+                logs.update(RunningStats.summarize(totals.cpu()))
             return super().log(logs, *args, **kwargs)
 
     return _named(UnifiedSeq2SeqTrainer, "UnifiedSeq2SeqTrainer")

@@ -100,26 +100,33 @@ def sequence_logps(out: dict[str, torch.Tensor], average: bool) -> tuple[torch.T
 
 @dataclass
 class RunningStats:
-    """Per-head loss averages between two log lines."""
+    """Per-head NLL sums and counts between two log lines (summed over ranks when logged)."""
 
     text_sum: float = 0.0
     gen_sum: float = 0.0
-    n_text: int = 0
-    n_gen: int = 0
+    n_text: float = 0.0
+    n_gen: float = 0.0
 
     def add(self, out: dict[str, torch.Tensor]) -> None:
         self.text_sum += float(out["text_nll_sum"])
         self.gen_sum += float(out["gen_nll_sum"])
-        self.n_text += int(out["n_text"])
-        self.n_gen += int(out["n_gen"])
+        self.n_text += float(out["n_text"])
+        self.n_gen += float(out["n_gen"])
 
-    def pop(self) -> dict[str, float]:
-        logs = {}
-        if self.n_text:
-            logs["text_loss"] = round(self.text_sum / self.n_text, 4)
-        if self.n_gen:
-            logs["gen_loss"] = round(self.gen_sum / self.n_gen, 4)
+    def take(self) -> torch.Tensor:
+        """The totals as a float64 tensor (ready for an all-reduce), and start over."""
+        totals = torch.tensor([self.text_sum, self.gen_sum, self.n_text, self.n_gen], dtype=torch.float64)
         self.__init__()
+        return totals
+
+    @staticmethod
+    def summarize(totals: torch.Tensor) -> dict[str, float]:
+        text_sum, gen_sum, n_text, n_gen = totals.tolist()
+        logs = {}
+        if n_text:
+            logs["text_loss"] = round(text_sum / n_text, 4)
+        if n_gen:
+            logs["gen_loss"] = round(gen_sum / n_gen, 4)
         return logs
 
 

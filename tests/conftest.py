@@ -34,11 +34,11 @@ def run(cmd: list[str], cwd: Path | None = None, env: dict | None = None, timeou
     return subprocess.run(cmd, cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def lf_train(config: dict, workdir: Path, env: dict | None = None, expect_ok: bool = True):
+def lf_train(config: dict, workdir: Path, env: dict | None = None, expect_ok: bool = True, timeout: int = 600):
     """Run the real, unmodified ``llamafactory-cli train`` on a YAML written from ``config``."""
     yaml_path = workdir / "train.yaml"
     yaml_path.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in config.items()) + "\n")
-    proc = run([str(BIN / "llamafactory-cli"), "train", str(yaml_path)], cwd=workdir, env=env)
+    proc = run([str(BIN / "llamafactory-cli"), "train", str(yaml_path)], cwd=workdir, env=env, timeout=timeout)
     if expect_ok and proc.returncode != 0:
         raise AssertionError(f"llamafactory-cli train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc

@@ -382,7 +382,39 @@ class JanusAdapter:
         if gen_t.any():
             logits = model.model.generation_head(hidden[gen_t]).float()
             nll[gen_t] = F.cross_entropy(logits, targets[gen_t] - spec.gen_offset, reduction="none")
+        if _distributed():
+            nll = nll + self._unused_branches(model, hidden, batch.get("pixel_values"), gen_in, text_t, gen_t)
         return TargetNLL(nll=nll, text_mask=text_t, gen_mask=gen_t)
+
+    def _unused_branches(self, model, hidden, pixel_values, gen_in, text_t, gen_t) -> torch.Tensor:
+        """A zero that depends on every branch this batch did not use.
+
+        Under DDP every rank must produce gradients for the same parameters, and
+        under ZeRO-3 / FSDP every rank must gather the same modules, or the job
+        hangs; with mixed understanding and generation data one rank's batch may
+        hold no image to generate while another's holds no image to understand.
+        """
+        zero = hidden.new_zeros(())
+        probe = hidden[:1, :1]
+        if not gen_in.any():
+            code = torch.zeros((1, 1), dtype=torch.long, device=hidden.device)
+            zero = zero + model.prepare_embeddings_for_image_generation(code).sum() * 0.0
+        if not gen_t.any():
+            zero = zero + model.model.generation_head(probe).sum() * 0.0
+        if not text_t.any():
+            zero = zero + model.lm_head(probe).sum() * 0.0
+        if pixel_values is None:
+            side = model.config.vision_config.image_size
+            blank = hidden.new_zeros((1, 3, side, side))
+            feats = model.model.get_image_features(blank)
+            zero = zero + getattr(feats, "pooler_output", feats).sum() * 0.0
+        return zero.float()
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _filtered_probs(scores: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
