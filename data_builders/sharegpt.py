@@ -32,8 +32,9 @@ def gen_dpo_row(prompt: str, chosen: str, rejected: str) -> dict[str, Any]:
 
 
 def und_sft_row(image: str, question: str, answer: str) -> dict[str, Any]:
+    # "<image>\n{question}": Janus-Pro's layout, and the prompt unigap's self-judge asks
     return {
-        "messages": [{"role": "user", "content": IMAGE + question}, {"role": "assistant", "content": answer}],
+        "messages": [{"role": "user", "content": IMAGE + "\n" + question}, {"role": "assistant", "content": answer}],
         "images": [image],
     }
 

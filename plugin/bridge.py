@@ -42,12 +42,13 @@ TEMPLATE_NAME = "janus"
 PLUGIN_NAME = "unigap_janus"
 SUPPORTED_HOST = ("0.9.5",)
 
-#: A generated image inside a message, between the plugin and the template.
-_GEN_MARKER = re.compile("\x00unigap-gen:([0-9,]*)\x00")
+#: A generated image inside a message, between the plugin and the template (never in user text).
+_GEN_PREFIX = "\x00unigap-gen:"
+_GEN_MARKER = re.compile(re.escape(_GEN_PREFIX) + "([0-9,]*)\x00")
 
 
 def _gen_marker(codes) -> str:
-    return "\x00unigap-gen:" + ",".join(str(int(c)) for c in codes) + "\x00"
+    return _GEN_PREFIX + ",".join(str(int(c)) for c in codes) + "\x00"
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -168,7 +169,7 @@ def _build_plugin() -> type:
                     f"{len(images)} images for {wanted} {IMAGE_PLACEHOLDER} placeholders in {_brief(messages)}"
                 )
             prompt = next((m["content"] for m in messages if m["role"] == Role.USER.value), "")
-            und_text = spec.boi_token + spec.image_token * spec.und_image_tokens + spec.eoi_token
+            und_text = self.adapter_cls.und_image_text(spec)
             pending = iter(images)
             out = deepcopy(messages)
             for message in out:
@@ -190,20 +191,17 @@ def _build_plugin() -> type:
         # -- runs of image tokens in a tokenized row
         def image_runs(self, ids) -> list[tuple[str, int, int]]:
             """(kind, start, length) of each understanding ('und') / generated ('gen') image."""
+            import numpy as np
+
             spec = self._require_spec()
-            runs, i, n = [], 0, len(ids)
-            while i < n:
-                tok = ids[i]
-                if tok == spec.image_token_id or tok >= spec.gen_offset:
-                    gen = tok >= spec.gen_offset
-                    j = i
-                    while j < n and ((ids[j] >= spec.gen_offset) if gen else (ids[j] == spec.image_token_id)):
-                        j += 1
-                    runs.append(("gen" if gen else "und", i, j - i))
-                    i = j
-                else:
-                    i += 1
-            return runs
+            ids = np.asarray(ids)
+            kind = np.where(ids >= spec.gen_offset, 2, np.where(ids == spec.image_token_id, 1, 0))
+            edges = np.flatnonzero(np.diff(kind, prepend=0, append=0))  # where the kind changes
+            return [
+                ("gen" if kind[start] == 2 else "und", int(start), int(end - start))
+                for start, end in zip(edges[:-1], edges[1:])
+                if kind[start]
+            ]
 
         def check_row(self, ids, tokenizer, cutoff_len: int) -> None:
             """Fail if ``cutoff_len`` cut an image of this row (the model would learn a broken image)."""
@@ -273,7 +271,7 @@ def _build_template() -> type:
             spec = self.mm_plugin.spec
             ids: list[int] = []
             for elem in elements:
-                if not (isinstance(elem, str) and "\x00unigap-gen:" in elem):
+                if not (isinstance(elem, str) and _GEN_PREFIX in elem):
                     ids += super()._convert_elements_to_ids(tokenizer, [elem])
                     continue
                 pos = 0

@@ -182,3 +182,33 @@ def test_encode_decode_shapes(adapter):
     assert codes.shape == (2, 16) and codes.dtype == torch.long
     decoded = adapter.decode_codes(codes)
     assert [img.size for img in decoded] == [(32, 32), (32, 32)]
+
+
+def test_training_template_matches_the_inference_prompts(adapter, tiny, tmp_path):
+    """Rows tokenized by the host's `janus` template end exactly where generation and the judge begin."""
+    from llamafactory.data.template import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments
+
+    model, tokenizer, processor = tiny
+    template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template="janus"))
+    spec = adapter.spec
+    plugin = template.mm_plugin
+
+    question = "Does this image show a red square?"
+    und = plugin.process_messages(
+        [{"role": "user", "content": "<image>\n" + question}, {"role": "assistant", "content": "Yes"}],
+        [Image.new("RGB", (40, 40), "red")], [], [], processor,
+    )
+    prompt, answer = template.encode_oneturn(tokenizer, und)
+    assert prompt == adapter.und_prompt_ids(question)
+    assert answer == tokenizer.encode(" Yes", add_special_tokens=False) + [tokenizer.eos_token_id]
+
+    codes = list(range(16))
+    png, _ = save_gen_image(tmp_path / "g.png", adapter.decode_codes(torch.tensor([codes]))[0], codes)
+    gen = plugin.process_messages(
+        [{"role": "user", "content": "a red square"}, {"role": "assistant", "content": "<image>"}],
+        [str(png)], [], [], processor,
+    )
+    prompt, answer = template.encode_oneturn(tokenizer, gen)
+    assert prompt + answer[:1] == adapter.gen_prompt_ids("a red square")  # generation starts after <begin_of_image>
+    assert answer[1:] == [spec.gen_offset + c for c in codes] + [spec.eoi_token_id, tokenizer.eos_token_id]

@@ -22,11 +22,11 @@ IGNORE_INDEX = -100
 
 #: Janus-Pro's chat format (the one its processor's chat template produces).
 USER_FORMAT = "<|User|>: {content}\n\n<|Assistant|>:"
-#: Default system prompt of Janus-Pro's processor for understanding (text answers).
+#: Default system prompt of Janus-Pro's processor for understanding (text answers); "\n\n" follows it.
 DEFAULT_SYSTEM = (
     "You are a helpful language and vision assistant. "
     "You are able to understand the visual content that the user provides, "
-    "and assist the user with a variety of tasks using natural language.\n\n"
+    "and assist the user with a variety of tasks using natural language."
 )
 
 
@@ -131,12 +131,17 @@ class JanusAdapter:
         head = [] if self.spec.bos_token_id is None else [self.spec.bos_token_id]
         return head + ids + [self.spec.boi_token_id]
 
+    @staticmethod
+    def und_image_text(spec: ModelSpec) -> str:
+        """What one image to understand becomes in the text (its placeholders for vision features)."""
+        return spec.boi_token + spec.image_token * spec.und_image_tokens + spec.eoi_token
+
     def und_prompt_ids(self, question: str, system: str = DEFAULT_SYSTEM) -> list[int]:
         """Token ids of an understanding prompt about one image, up to the answer."""
-        s = self.spec
-        image = s.boi_token + s.image_token * s.und_image_tokens + s.eoi_token
-        ids = self.tokenizer.encode(system + self.format_user(image + "\n" + question), add_special_tokens=False)
-        return ([] if s.bos_token_id is None else [s.bos_token_id]) + ids
+        head = system + "\n\n" if system else ""
+        text = head + self.format_user(self.und_image_text(self.spec) + "\n" + question)
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return ([] if self.spec.bos_token_id is None else [self.spec.bos_token_id]) + ids
 
     # ------------------------------------------------------------------ images <-> codes
     @property
