@@ -24,7 +24,7 @@ caching without any side channel.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
 
 if TYPE_CHECKING:
@@ -55,9 +55,6 @@ class ModelSpec:
     bos_token_id: int | None
     #: ids >= gen_offset are image codes
     gen_offset: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class UnifiedAdapter(Protocol):
@@ -118,7 +115,3 @@ class TargetNLL:
     nll: "torch.Tensor"
     text_mask: "torch.Tensor"
     gen_mask: "torch.Tensor"
-
-    @property
-    def mask(self) -> "torch.Tensor":
-        return self.text_mask | self.gen_mask
