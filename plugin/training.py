@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import types
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -76,9 +75,8 @@ def sft_loss(tnll: TargetNLL, gen_weight: float = 1.0) -> dict[str, torch.Tensor
     n_text = tnll.text_mask.sum()
     n_gen = tnll.gen_mask.sum()
     total = (n_text + n_gen).clamp(min=1)
+    # the sums stay connected to the graph even when a batch has no target (DDP needs that)
     loss = (text_sum + gen_weight * gen_sum) / total
-    if n_text + n_gen == 0:  # keep the graph connected for DDP when a batch has no target
-        loss = loss + 0.0 * tnll.nll.sum()
     return {
         "loss": loss,
         "text_nll_sum": text_sum.detach(),
@@ -98,25 +96,23 @@ def sequence_logps(out: dict[str, torch.Tensor], average: bool) -> tuple[torch.T
     return logps, length
 
 
-@dataclass
 class RunningStats:
-    """Per-head NLL sums and counts between two log lines (summed over ranks when logged)."""
+    """Per-head NLL sums and counts between two log lines (summed over ranks when logged).
 
-    text_sum: float = 0.0
-    gen_sum: float = 0.0
-    n_text: float = 0.0
-    n_gen: float = 0.0
+    Kept as one device tensor so a training step never waits on a device-to-host copy.
+    """
+
+    def __init__(self) -> None:
+        self._totals: torch.Tensor | None = None
 
     def add(self, out: dict[str, torch.Tensor]) -> None:
-        self.text_sum += float(out["text_nll_sum"])
-        self.gen_sum += float(out["gen_nll_sum"])
-        self.n_text += float(out["n_text"])
-        self.n_gen += float(out["n_gen"])
+        step = torch.stack([out["text_nll_sum"], out["gen_nll_sum"], out["n_text"], out["n_gen"]]).double()
+        self._totals = step if self._totals is None else self._totals + step
 
     def take(self) -> torch.Tensor:
         """The totals as a float64 tensor (ready for an all-reduce), and start over."""
-        totals = torch.tensor([self.text_sum, self.gen_sum, self.n_text, self.n_gen], dtype=torch.float64)
-        self.__init__()
+        totals = self._totals if self._totals is not None else torch.zeros(4, dtype=torch.float64)
+        self._totals = None
         return totals
 
     @staticmethod

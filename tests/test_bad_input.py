@@ -23,7 +23,6 @@ def broken_data(tmp_path, example_data):
 def _train_fails(tmp_path, config) -> str:
     proc = lf_train(config, tmp_path, expect_ok=False)
     assert proc.returncode != 0, "training should have failed"
-    out = config["output_dir"]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "a failed run wrote output"
     return proc.stdout + proc.stderr
 
