@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="directory to create")
     gen.add_argument("--force", action="store_true", help="replace an existing directory")
     gen.set_defaults(func=_cmd_generate)
+
+    from .data_builders.cli import register as register_builders
+
+    register_builders(sub)
     return parser
 
 

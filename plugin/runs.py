@@ -1,0 +1,136 @@
+"""The self-play run directory: its layout, and reading it back safely.
+
+``unigap selfplay`` writes, and ``unigap report`` / ``unigap build`` read::
+
+    RUN_DIR/
+      run.json          config, fingerprints, model spec (written first)
+      images/           000012-003.png + 000012-003.codes.npy  (prompt index - candidate)
+      parts/            one <prompt index>.jsonl per finished prompt (only while running)
+      records.jsonl     one line per candidate, in prompt order (when finished)
+      summary.json      counts and scores (written last: its presence = the run is complete)
+
+A record (one line of ``records.jsonl``)::
+
+    {"prompt_index": 12, "prompt_id": "p12", "prompt": "a red circle", "difficulty": "easy",
+     "category": "color", "candidate": 3, "seed": 8123..., "p_yes": 0.73, "accepted": true,
+     "image": "images/000012-003.png", "codes": "images/000012-003.codes.npy",
+     "model_fingerprint": "...", "config_fingerprint": "..."}
+
+``difficulty`` and ``category`` are strings or null.  Paths are relative to the
+run directory.  ``accepted`` is ``p_yes >= judge_threshold`` of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+RUN_FILE = "run.json"
+RECORDS_FILE = "records.jsonl"
+SUMMARY_FILE = "summary.json"
+PARTS_DIR = "parts"
+IMAGES_DIR = "images"
+
+RECORD_KEYS = (
+    "prompt_index",
+    "prompt_id",
+    "prompt",
+    "difficulty",
+    "category",
+    "candidate",
+    "seed",
+    "p_yes",
+    "accepted",
+    "image",
+    "codes",
+    "model_fingerprint",
+    "config_fingerprint",
+)
+
+
+class RunError(ValueError):
+    """A run directory is missing, incomplete or inconsistent."""
+
+
+class RunIncompleteError(RunError):
+    """The run has not finished (no summary.json)."""
+
+
+def image_name(prompt_index: int, candidate: int) -> str:
+    return f"{IMAGES_DIR}/{prompt_index:06d}-{candidate:03d}.png"
+
+
+def codes_name(prompt_index: int, candidate: int) -> str:
+    return f"{IMAGES_DIR}/{prompt_index:06d}-{candidate:03d}.codes.npy"
+
+
+def part_name(prompt_index: int) -> str:
+    return f"{PARTS_DIR}/{prompt_index:06d}.jsonl"
+
+
+def resolve_inside(run_dir: str | os.PathLike, rel: Any, what: str = "path") -> Path:
+    """``run_dir / rel``, refusing anything that would leave the run directory."""
+    root = Path(run_dir).resolve()
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel):
+        raise RunError(f"{what} {rel!r} must be a relative path inside the run directory {run_dir}")
+    path = (root / rel).resolve()
+    if path != root and root not in path.parents:
+        raise RunError(f"{what} {rel!r} points outside the run directory {run_dir}")
+    return path
+
+
+def read_meta(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The run's ``run.json`` (config, fingerprints, model spec)."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a unigap self-play run (no {RUN_FILE})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunError(f"{path} is not valid JSON ({err})") from None
+
+
+def is_complete(run_dir: str | os.PathLike) -> bool:
+    return (Path(run_dir) / SUMMARY_FILE).is_file() and (Path(run_dir) / RECORDS_FILE).is_file()
+
+
+def _parse_line(line: str, where: str) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise RunError(f"{where}: not valid JSON ({err.msg})") from None
+    if not isinstance(record, dict):
+        raise RunError(f"{where}: a record must be a JSON object")
+    missing = [k for k in RECORD_KEYS if k not in record]
+    if missing:
+        raise RunError(f"{where}: record lacks {', '.join(missing)}")
+    return record
+
+
+def iter_records(run_dir: str | os.PathLike, allow_partial: bool = False) -> Iterator[dict[str, Any]]:
+    """Stream the records of a run, one dict per candidate (constant memory).
+
+    A run that has not finished raises :class:`RunIncompleteError` unless
+    ``allow_partial``; then the prompts finished so far are read from ``parts/``.
+    """
+    run_dir = Path(run_dir)
+    read_meta(run_dir)
+    if is_complete(run_dir):
+        files = [run_dir / RECORDS_FILE]
+    elif allow_partial:
+        parts = run_dir / PARTS_DIR
+        files = sorted(parts.glob("*.jsonl")) if parts.is_dir() else []
+    else:
+        done = len(list((run_dir / PARTS_DIR).glob("*.jsonl"))) if (run_dir / PARTS_DIR).is_dir() else 0
+        raise RunIncompleteError(
+            f"self-play run {run_dir} is not complete ({done} prompts finished, no {SUMMARY_FILE}); "
+            "finish it by running the same `unigap selfplay` command again, or use the prompts finished so far "
+            "with --allow-partial"
+        )
+    for path in files:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    yield _parse_line(line, f"{path}:{number}")
