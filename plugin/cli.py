@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 import sys
 import time
 
@@ -65,6 +67,49 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_selfplay(args: argparse.Namespace) -> int:
+    from .selfplay import load_config, run_selfplay
+
+    items = list(args.items)
+    path = items.pop(0) if items and "=" not in items[0] else None
+    config = load_config(path, items)
+    summary = run_selfplay(config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        overall = summary["overall"]
+        print(
+            f"unigap selfplay: {overall['n_images']} images for {overall['n_prompts']} prompts in {config.output_dir}: "
+            f"non-unification {100 * overall['non_unification']:.1f}%, pass@{summary['num_candidates']} "
+            f"{100 * overall['pass_at_n']:.1f}%, discard pool {overall['discard_pool']}"
+        )
+        for level, entry in summary["per_difficulty"].items():
+            print(f"  {level}: non-unification {100 * entry['non_unification']:.1f}% over {entry['n_prompts']} prompts")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    out = args.out or None
+    report = build_report(args.runs, out, max_html_prompts=args.max_html_prompts)
+    target = out or str(Path(args.runs[-1]) / "report")
+    for run in report["runs"]:
+        o = run["overall"]
+        lo, hi = o["non_unification"]["ci"]
+        print(
+            f"unigap report: {run['name']}: non-unification {100 * o['non_unification']['value']:.1f}% "
+            f"[{100 * lo:.1f}, {100 * hi:.1f}], pass@N {100 * o['pass_at_n']['value']:.1f}%, "
+            f"discard pool {o['discard_pool']}"
+        )
+    if "comparison" in report:
+        d = report["comparison"]["overall"]["non_unification"]
+        print(
+            f"unigap report: non-unification {100 * d['diff']:+.1f} points "
+            f"[{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]{' (outside the CI)' if d['outside_ci'] else ''}"
+        )
+    print(f"unigap report: wrote report.json, report.md, report.html and a plot to {target}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unigap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="directory to create")
     gen.add_argument("--force", action="store_true", help="replace an existing directory")
     gen.set_defaults(func=_cmd_generate)
+
+    sp = sub.add_parser(
+        "selfplay",
+        help="draw N images per prompt and judge them with the model's own understanding",
+        description="unigap selfplay CONFIG.yaml [key=value ...]: keys as in yaml_examples/selfplay.yaml. "
+        "Rerun the same command to resume an interrupted run; under torchrun the prompts are split across ranks.",
+    )
+    sp.add_argument("items", nargs="+", metavar="CONFIG.yaml|key=value")
+    sp.set_defaults(func=_cmd_selfplay)
+
+    rep = sub.add_parser("report", help="non-unification report of one run, or two runs side by side")
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one run, or two (before, after)")
+    rep.add_argument("--out", help="report directory (default: RUN_DIR/report of the last run)")
+    rep.add_argument("--max-html-prompts", type=int, default=300, help="prompts shown in report.html")
+    rep.set_defaults(func=_cmd_report)
 
     from .data_builders.cli import register as register_builders
 

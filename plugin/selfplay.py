@@ -1,0 +1,478 @@
+"""Self-play and self-judge (``unigap selfplay CONFIG.yaml [key=value ...]``).
+
+The generation branch draws ``num_candidates`` images per prompt; the model's
+own understanding branch then looks at the decoded pixels and answers the
+judge question in one forward pass (P(yes) against P(no)).
+
+Exactly-once and deterministic by construction:
+
+* candidate seeds come from (run seed, prompt id, candidate index), never from
+  the batch or the process that draws them;
+* the unit of work is one prompt: its N images are decoded and judged together
+  (a batch whose shape does not depend on ``batch_size`` or the number of
+  processes), written atomically, and the prompt's records are published last
+  as ``parts/<index>.jsonl`` (temp + rename).  A prompt is done iff its part
+  exists, so a killed run resumes where it was without loss or duplicates;
+* when every prompt is done one process merges the parts in prompt order into
+  ``records.jsonl`` and writes ``summary.json`` (the completion mark).
+
+Under ``torchrun`` / ``accelerate launch`` the pending prompts are split across
+ranks; a gloo process group is used only for barriers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .fsutil import write_text_atomic
+from .prompts import Prompt, load_prompt_dataset, load_prompt_file
+from .runs import (
+    IMAGES_DIR,
+    PARTS_DIR,
+    RECORDS_FILE,
+    RUN_FILE,
+    SUMMARY_FILE,
+    codes_name,
+    image_name,
+    part_name,
+)
+
+DEFAULT_QUESTION = "Does this image show {prompt}?"
+
+
+class SelfPlayError(ValueError):
+    """A self-play configuration or run directory that cannot be used."""
+
+
+@dataclass
+class SelfPlayConfig:
+    """Keys of a self-play YAML (host names where the host has them)."""
+
+    model_name_or_path: str = ""
+    adapter_name_or_path: str | None = None
+    output_dir: str = ""
+    #: JSONL with ``prompt`` (+ optional ``id``, ``difficulty``, ``category``), or a .txt file
+    prompts: str | None = None
+    #: or a ``datasets`` dataset (a save_to_disk dir, local data files or a hub name)
+    prompts_dataset: str | None = None
+    prompts_split: str = "train"
+    prompt_column: str = "prompt"
+    id_column: str = "id"
+    difficulty_column: str = "difficulty"
+    category_column: str = "category"
+    max_prompts: int | None = None
+    num_candidates: int = 4
+    cfg_scale: float = 5.0
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 42
+    batch_size: int = 16
+    #: "auto" = cuda when present (one GPU per rank), else cpu
+    device: str = "auto"
+    #: "auto" = bfloat16 on cuda, float32 on cpu
+    dtype: str = "auto"
+    judge_question: str = DEFAULT_QUESTION
+    judge_threshold: float = 0.5
+    progress: bool = True
+
+    #: keys that do not change any result (excluded from the config fingerprint)
+    NON_RESULT_KEYS: tuple[str, ...] = field(
+        default=("output_dir", "batch_size", "device", "progress", "model_name_or_path", "adapter_name_or_path"),
+        init=False,
+        repr=False,
+    )
+
+    def public(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    def validate(self) -> None:
+        if not self.model_name_or_path:
+            raise SelfPlayError("model_name_or_path is required")
+        if not self.output_dir:
+            raise SelfPlayError("output_dir is required")
+        if bool(self.prompts) == bool(self.prompts_dataset):
+            raise SelfPlayError("give exactly one of 'prompts' (a JSONL / .txt file) or 'prompts_dataset'")
+        if not isinstance(self.num_candidates, int) or self.num_candidates < 1:
+            raise SelfPlayError(f"num_candidates must be an integer >= 1, got {self.num_candidates!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise SelfPlayError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if self.max_prompts is not None and (not isinstance(self.max_prompts, int) or self.max_prompts < 1):
+            raise SelfPlayError(f"max_prompts must be an integer >= 1, got {self.max_prompts!r}")
+        if not 0.0 <= float(self.judge_threshold) <= 1.0:
+            raise SelfPlayError(f"judge_threshold must be in [0, 1], got {self.judge_threshold}")
+        if float(self.temperature) <= 0:
+            raise SelfPlayError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_p is not None and not 0.0 < float(self.top_p) <= 1.0:
+            raise SelfPlayError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise SelfPlayError(f"top_k must be an integer >= 1, got {self.top_k!r}")
+        if "{prompt}" not in self.judge_question:
+            raise SelfPlayError(f"judge_question must contain '{{prompt}}', got {self.judge_question!r}")
+        try:
+            self.judge_question.format(prompt="x")
+        except (KeyError, IndexError, ValueError) as err:
+            raise SelfPlayError(f"judge_question {self.judge_question!r} is not a valid template ({err!r})") from None
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise SelfPlayError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+def load_config(path: str | None, overrides: Sequence[str] = ()) -> SelfPlayConfig:
+    """A YAML file plus ``key=value`` overrides (values parsed as YAML, like llamafactory-cli)."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if path:
+        if not Path(path).is_file():
+            raise SelfPlayError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise SelfPlayError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise SelfPlayError(f"{path} must hold a mapping of keys to values")
+        values.update(loaded)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SelfPlayError(f"override {item!r} must look like key=value")
+        values[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    known = [f.name for f in dataclasses.fields(SelfPlayConfig) if f.init]
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise SelfPlayError(f"unknown self-play key '{key}'{hint}")
+    config = SelfPlayConfig(**values)
+    for key in ("cfg_scale", "temperature", "judge_threshold"):
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SelfPlayError(f"{key} must be a number, got {value!r}")
+        setattr(config, key, float(value))
+    if config.top_p is not None:
+        config.top_p = float(config.top_p)
+    config.validate()
+    return config
+
+
+def candidate_seed(run_seed: int, prompt_id: str, candidate: int) -> int:
+    """A 63-bit seed from the run seed, the prompt id and the candidate index only."""
+    digest = hashlib.sha256(f"unigap-selfplay\0{run_seed}\0{prompt_id}\0{candidate}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def model_fingerprint(model: Any) -> str:
+    """A checksum of the weights actually used (LoRA merged) and the architecture config."""
+    import torch
+
+    config = model.config.to_dict()
+    config.pop("_name_or_path", None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, tensor in sorted(model.state_dict().items()):
+            data = tensor.detach().double()
+            digest.update(f"{name}|{tuple(tensor.shape)}|{float(data.sum()):.10e}|{float((data * data).sum()):.10e}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------- distribution
+class _Dist:
+    """Rank / world size from torchrun or accelerate, and a gloo group for barriers."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self._own_group = False
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("gloo")
+                self._own_group = True
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def all_ok(self, ok: bool) -> bool:
+        """True iff every rank passes ``ok`` (so all ranks fail together, none waits forever)."""
+        if self.world == 1:
+            return ok
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([0 if ok else 1])
+        dist.all_reduce(flag)
+        return int(flag) == 0
+
+    def close(self) -> None:
+        if self._own_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------- the run
+def _prepare_output(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise SelfPlayError(f"output_dir {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / RUN_FILE).is_file():
+        raise SelfPlayError(
+            f"output_dir {out} is not empty and is not a unigap self-play run; refusing to write into it "
+            "(choose another output_dir)"
+        )
+    try:
+        (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+        (out / PARTS_DIR).mkdir(exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise SelfPlayError(f"output_dir {out} is not writable ({err.strerror or err})") from None
+
+
+def _sweep_temp_files(out: Path) -> int:
+    """Remove the temporary files a killed writer may have left (they are never read)."""
+    removed = 0
+    for folder in (out, out / IMAGES_DIR, out / PARTS_DIR):
+        if folder.is_dir():
+            for path in folder.glob(".*.tmp"):
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def _describe_mismatch(old: dict[str, Any], new: dict[str, Any]) -> str:
+    diffs = []
+    for key in sorted(set(old["result_config"]) | set(new["result_config"])):
+        a, b = old["result_config"].get(key), new["result_config"].get(key)
+        if a != b:
+            diffs.append(f"{key}: {a!r} -> {b!r}")
+    if old.get("model_fingerprint") != new.get("model_fingerprint"):
+        diffs.append(
+            f"model weights: {old.get('model_fingerprint')} -> {new.get('model_fingerprint')} "
+            "(a different model or adapter)"
+        )
+    if old.get("prompts_fingerprint") != new.get("prompts_fingerprint"):
+        diffs.append("the prompt set changed")
+    return "; ".join(diffs) or "unknown difference"
+
+
+def _load_prompts(config: SelfPlayConfig) -> list[Prompt]:
+    if config.prompts:
+        prompts = load_prompt_file(config.prompts)
+    else:
+        prompts = load_prompt_dataset(
+            config.prompts_dataset or "",
+            config.prompts_split,
+            config.prompt_column,
+            config.id_column,
+            config.difficulty_column,
+            config.category_column,
+        )
+    return prompts[: config.max_prompts] if config.max_prompts else prompts
+
+
+def _resolve_device(config: SelfPlayConfig, dist: _Dist) -> tuple[str, str]:
+    import torch
+
+    device = config.device
+    if device == "auto":
+        device = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and dist.world > 1:
+        device = f"cuda:{dist.local_rank}"
+    dtype = config.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, dtype
+
+
+def run_selfplay(config: SelfPlayConfig) -> dict[str, Any]:
+    """Run (or resume) self-play; returns the summary (on every rank)."""
+    from .loading import load_unified
+    from .report import summarize
+
+    prompts = _load_prompts(config)  # bad prompts fail before anything is written or loaded
+    out = Path(config.output_dir)
+    dist = _Dist()
+    try:
+        ok, error = True, None
+        try:
+            if dist.rank == 0:
+                _prepare_output(out)
+        except SelfPlayError as err:
+            ok, error = False, err
+        if not dist.all_ok(ok):
+            raise error or SelfPlayError("another rank could not prepare the output directory")
+
+        device, dtype = _resolve_device(config, dist)
+        adapter = load_unified(config.model_name_or_path, config.adapter_name_or_path, device=device, dtype=dtype)
+        spec = adapter.spec
+        result_config = {k: v for k, v in config.public().items() if k not in config.NON_RESULT_KEYS}
+        result_config["dtype"] = dtype
+        prompts_fp = hashlib.sha256(
+            json.dumps([p.to_dict() for p in prompts], ensure_ascii=False).encode()
+        ).hexdigest()[:16]
+        meta = {
+            "unigap_version": __version__,
+            "config": {**config.public(), "dtype": dtype},
+            "result_config": result_config,
+            "model_fingerprint": model_fingerprint(adapter.model),
+            "prompts_fingerprint": prompts_fp,
+            "num_prompts": len(prompts),
+            "spec": {
+                "model_type": spec.model_type,
+                "num_image_tokens": spec.num_image_tokens,
+                "codebook_size": spec.codebook_size,
+                "image_size": spec.image_size,
+            },
+        }
+        fp_source = {k: meta[k] for k in ("result_config", "model_fingerprint", "prompts_fingerprint")}
+        meta["config_fingerprint"] = hashlib.sha256(json.dumps(fp_source, sort_keys=True).encode()).hexdigest()[:16]
+
+        ok, error = True, None
+        run_file = out / RUN_FILE
+        if run_file.is_file():
+            old = json.loads(run_file.read_text(encoding="utf-8"))
+            if old.get("config_fingerprint") != meta["config_fingerprint"]:
+                ok, error = False, SelfPlayError(
+                    f"{out} holds a self-play run made with a different configuration; refusing to resume into it "
+                    f"({_describe_mismatch(old, meta)}). Use another output_dir."
+                )
+        elif dist.rank == 0:
+            # everything that affects results is fixed here, before the first image
+            write_text_atomic(run_file, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        if not dist.all_ok(ok):
+            raise error or SelfPlayError("another rank refused to resume (different configuration)")
+
+        if (out / SUMMARY_FILE).is_file() and (out / RECORDS_FILE).is_file():
+            shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
+            print(f"unigap selfplay: {out} is already complete", file=sys.stderr)
+            return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
+
+        if dist.rank == 0:
+            _sweep_temp_files(out)
+        dist.barrier()
+        done = {int(p.stem) for p in (out / PARTS_DIR).glob("*.jsonl") if p.stem.isdigit()}
+        dist.barrier()  # every rank has listed the finished prompts before anyone writes
+        pending = [i for i in range(len(prompts)) if i not in done]
+        mine = pending[dist.rank :: dist.world]
+        _draw_and_judge(adapter, config, prompts, mine, out, meta, dist, resumed=len(done))
+        dist.barrier()
+
+        if dist.rank == 0:
+            summary = _finish(out, prompts, config, summarize)
+        dist.barrier()
+        return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8")) if dist.rank else summary
+    finally:
+        dist.close()
+
+
+def _draw_and_judge(adapter, config, prompts, mine, out, meta, dist, resumed: int) -> None:
+    from .codes import save_gen_image
+
+    n = config.num_candidates
+    jobs = [(i, k) for i in mine for k in range(n)]
+    bar = None
+    if config.progress and dist.rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(jobs),
+            unit="img",
+            desc="self-play" + (f" rank 0/{dist.world}" if dist.world > 1 else ""),
+            dynamic_ncols=True,
+        )
+        if resumed:
+            bar.write(f"unigap selfplay: resuming, {resumed} of {len(prompts)} prompts already done")
+    drawn: dict[int, list[Any]] = {}
+    judged = accepted = 0
+    for start in range(0, len(jobs), config.batch_size):
+        chunk = jobs[start : start + config.batch_size]
+        codes = adapter.generate(
+            [prompts[i].text for i, _ in chunk],
+            seeds=[candidate_seed(config.seed, prompts[i].id, k) for i, k in chunk],
+            cfg_scale=config.cfg_scale,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+        ).cpu()
+        for (i, k), row in zip(chunk, codes):
+            drawn.setdefault(i, []).append(row)
+            if len(drawn[i]) == n:
+                got = _finish_prompt(adapter, config, prompts[i], i, drawn.pop(i), out, meta, save_gen_image)
+                judged += n
+                accepted += got
+                if bar is not None:
+                    bar.set_postfix(accept=f"{accepted / judged:.1%}", refresh=False)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+
+
+def _finish_prompt(adapter, config, prompt: Prompt, index: int, rows, out: Path, meta, save_gen_image) -> int:
+    """Decode and judge one prompt's candidates together, write them, then publish its records."""
+    import torch
+
+    codes = torch.stack(rows)
+    images = adapter.decode_codes(codes)
+    question = config.judge_question.format(prompt=prompt.text)
+    p_yes = adapter.judge(images, [question] * len(images)).float().cpu().tolist()
+    lines, accepted = [], 0
+    for k, (image, code_row, p) in enumerate(zip(images, codes.tolist(), p_yes)):
+        save_gen_image(out / image_name(index, k), image, code_row)
+        ok = bool(p >= config.judge_threshold)
+        accepted += ok
+        record = {
+            "prompt_index": index,
+            "prompt_id": prompt.id,
+            "prompt": prompt.text,
+            "difficulty": prompt.difficulty,
+            "category": prompt.category,
+            "candidate": k,
+            "seed": candidate_seed(config.seed, prompt.id, k),
+            "p_yes": p,
+            "accepted": ok,
+            "image": image_name(index, k),
+            "codes": codes_name(index, k),
+            "model_fingerprint": meta["model_fingerprint"],
+            "config_fingerprint": meta["config_fingerprint"],
+        }
+        lines.append(json.dumps(record, ensure_ascii=False))
+    write_text_atomic(out / part_name(index), "\n".join(lines) + "\n")
+    return accepted
+
+
+def _finish(out: Path, prompts: list[Prompt], config: SelfPlayConfig, summarize) -> dict[str, Any]:
+    """Merge the parts in prompt order, write the summary (the completion mark), drop the parts."""
+    missing = [i for i in range(len(prompts)) if not (out / part_name(i)).is_file()]
+    if missing:
+        raise SelfPlayError(f"{len(missing)} prompts have no records after all ranks finished (first: index {missing[0]})")
+    records = []
+    tmp = out / f".{RECORDS_FILE}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for i in range(len(prompts)):
+            text = (out / part_name(i)).read_text(encoding="utf-8")
+            handle.write(text)
+            records.extend(json.loads(line) for line in text.splitlines() if line.strip())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, out / RECORDS_FILE)
+    summary = summarize(records, config.num_candidates)
+    write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
+    return summary
