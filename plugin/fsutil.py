@@ -9,6 +9,23 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+#: Test hook: ``UNIGAP_KILL_AT_WRITE=n`` SIGKILLs the process inside its n-th atomic
+#: write, after the data went to the temporary file and before the rename: the
+#: worst moment for a crash.  The crash-safety tests use it; it is read once.
+_KILL_AT = int(os.environ.get("UNIGAP_KILL_AT_WRITE", "0") or 0)
+_writes = 0
+
+
+def crash_point() -> None:
+    """Die here (kill -9) if this is the write the test hook names; otherwise nothing."""
+    global _writes
+    if _KILL_AT:
+        _writes += 1
+        if _writes == _KILL_AT:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory + rename."""
@@ -20,6 +37,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        crash_point()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .fsutil import write_text_atomic
+from .fsutil import crash_point, write_text_atomic
 from .prompts import Prompt, load_prompt_dataset, load_prompt_file
 from .runs import (
     IMAGES_DIR,
@@ -471,6 +471,7 @@ def _finish(out: Path, prompts: list[Prompt], config: SelfPlayConfig, summarize)
             records.extend(json.loads(line) for line in text.splitlines() if line.strip())
         handle.flush()
         os.fsync(handle.fileno())
+    crash_point()
     os.replace(tmp, out / RECORDS_FILE)
     summary = summarize(records, config.num_candidates)
     write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
