@@ -11,7 +11,7 @@ import argparse
 def _cmd_build(args: argparse.Namespace) -> int:
     from .build import DpoOptions, SftOptions, build_dpo, build_sft, describe
 
-    common = dict(allow_partial=args.allow_partial, overwrite=args.overwrite, copy=args.copy)
+    common = {"allow_partial": args.allow_partial, "overwrite": args.overwrite, "copy": args.copy}
     if args.kind == "sft":
         opts = SftOptions(
             threshold=args.threshold, best_of_n=args.best_of_n, max_per_prompt=args.max_per_prompt,
@@ -51,7 +51,7 @@ def _add_output(p: argparse.ArgumentParser) -> None:
                    help="replace an existing dataset of this name (folder and entry); other entries are never changed")
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the data-builder subcommands to ``unigap``'s parser."""
     build = sub.add_parser("build", help="turn self-play runs into datasets for llamafactory-cli train (sft / dpo)")
     kinds = build.add_subparsers(dest="kind", required=True)

@@ -27,9 +27,10 @@ import io
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, TextIO
 
 from .. import __version__
 from .build import DATA_FILE, IMAGES

@@ -24,8 +24,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..fsutil import atomic_directory, write_text_atomic
 
@@ -166,7 +167,7 @@ class Output:
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def place_file(src: str, dst: str, mode: str) -> str:

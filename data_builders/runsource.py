@@ -21,10 +21,11 @@ import io
 import os
 import stat
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class Candidate:
 class PromptGroup:
     """All candidates of one prompt, in file order."""
 
-    run: "RunSource"
+    run: RunSource
     prompt_index: int
     candidates: list[Candidate]
 
@@ -106,7 +107,7 @@ class RunSource:
     _dirs: dict[str, bool] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, run_dir: str | os.PathLike, allow_partial: bool = False) -> "RunSource":
+    def open(cls, run_dir: str | os.PathLike, allow_partial: bool = False) -> RunSource:
         path = Path(run_dir)
         if not path.is_dir():
             raise BuildError(f"run directory {path} does not exist")

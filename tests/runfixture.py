@@ -14,8 +14,9 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 QUESTION = "Does this image show {prompt}?"
 
@@ -83,7 +84,6 @@ def make_run(
 
     if adapter is None:
         from transformers import AutoTokenizer, JanusForConditionalGeneration
-
         from unigap.models.janus import JanusAdapter
 
         model = JanusForConditionalGeneration.from_pretrained(model_dir).eval()
@@ -146,7 +146,6 @@ def write_synthetic_run(
     """
     import numpy as np
     from PIL import Image
-
     from unigap.codes import save_gen_image
 
     out = Path(out)

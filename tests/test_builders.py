@@ -13,15 +13,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from runfixture import make_run, write_synthetic_run
-
 from conftest import BIN, ENV, base_config, lf_train
+from runfixture import make_run, write_synthetic_run
 
 # P(yes) per prompt and candidate; threshold 0.5
 P = [
@@ -58,7 +56,6 @@ def _main(*argv: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def adapter(tiny_model):
     from transformers import AutoTokenizer, JanusForConditionalGeneration
-
     from unigap.models.janus import JanusAdapter
 
     model = JanusForConditionalGeneration.from_pretrained(tiny_model).eval()
@@ -280,7 +277,7 @@ def test_killed_build_leaves_nothing_and_a_rerun_succeeds(tmp_path):
     leftovers = list(ds.glob(".big.*.tmp"))
     assert len(leftovers) == 1  # hidden, unregistered: the host never sees it
 
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     assert "removed 1 leftover folder(s)" in done.stdout
     assert not list(ds.glob(".big.*"))
@@ -363,7 +360,7 @@ def test_bad_runs_fail_naming_the_record_and_write_nothing(tmp_path, run_dir, ca
     mutate, words = BAD[case]
     mutate(run)
     ds = tmp_path / "ds"
-    code, out, err = _main("build", "sft", run, "--out", ds, "--name", "gap")
+    code, _out, err = _main("build", "sft", run, "--out", ds, "--name", "gap")
     assert code == 2 and err.startswith("unigap build: error: "), (code, err)
     for word in words:
         assert word in err, (word, err)
@@ -377,7 +374,7 @@ def test_partial_run_needs_allow_partial(tmp_path, tiny_model, adapter):
                    complete=False, finished=4, adapter=adapter)
     code, _, err = _main("build", "dpo", run, "--out", tmp_path / "ds", "--name", "part")
     assert code == 2 and "4 prompts finished" in err and "--allow-partial" in err
-    code, out, err = _main("build", "dpo", run, "--out", tmp_path / "ds", "--name", "part", "--allow-partial")
+    code, _out, err = _main("build", "dpo", run, "--out", tmp_path / "ds", "--name", "part", "--allow-partial")
     assert code == 0, err
     got = [tuple(_cand(x)[1] for x in r["images"]) for r in _rows(tmp_path / "ds/part/data.jsonl")]
     assert got == [(0, 3), (1, 2)]  # prompts 0 and 3 of DPO_CASES[()], the finished ones
@@ -400,7 +397,7 @@ def test_runs_of_different_models_are_not_mixed(tmp_path, run_dir):
     # two runs of one model: one dataset, images kept apart
     again = tmp_path / "again"
     shutil.copytree(run_dir, again)
-    code, out, err = _main("build", "dpo", run_dir, again, "--out", tmp_path / "ds", "--name", "both")
+    code, _out, err = _main("build", "dpo", run_dir, again, "--out", tmp_path / "ds", "--name", "both")
     assert code == 0, err
     rows = _rows(tmp_path / "ds/both/data.jsonl")
     assert len(rows) == 2 * len(DPO_CASES[()]) and rows[0]["images"][0] == "both/images/run0-000000-000.png"
@@ -481,7 +478,7 @@ def test_encode_datasets_dataset_and_jsonl(tmp_path, tiny_model, adapter):
     data = datasets.Dataset.from_dict({"picture": images, "caption": texts, "other": list(range(5))})
     data.cast_column("picture", datasets.Image()).save_to_disk(str(ds_src))
     out = tmp_path / "ds"
-    code, printed, err = _main("encode", ds_src, "--model", tiny_model, "--out", out, "--name", "hf", "--fit", "pad",
+    code, _printed, err = _main("encode", ds_src, "--model", tiny_model, "--out", out, "--name", "hf", "--fit", "pad",
                                "--png", "input", "--image-column", "picture", "--text-column", "caption",
                                "--batch-size", "2", "--no-progress")
     assert code == 0, err
@@ -575,3 +572,42 @@ def test_host_trains_dpo_on_built_pairs(tmp_path, tiny_model, run_dir):
     steps = [r for r in history if "rewards/margins" in r]
     assert len(steps) == 2 and all("rewards/chosen" in r and "loss" in r for r in steps), history
     assert json.loads((out / "unigap_reference_check.json").read_text())["unchanged"]
+
+
+# ---------------------------------------------------------------------- a real `unigap selfplay` run
+def test_builds_from_a_real_selfplay_run(tmp_path, tiny_model):
+    from conftest import run
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    out = tmp_path / "run"
+    proc = run([str(BIN / "unigap"), "selfplay", f"model_name_or_path={tiny_model}", f"prompts={prompts}",
+                f"output_dir={out}", "num_candidates=3", "judge_threshold=0.475", "seed=3", "progress=false"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = _rows(out / "records.jsonl")
+    by_prompt: dict[int, list[dict]] = {}
+    for r in records:
+        by_prompt.setdefault(r["prompt_index"], []).append(r)
+    ds = tmp_path / "ds"
+    code, printed, err = _main("build", "sft", out, "--out", ds, "--name", "sft")
+    accepted = sum(r["accepted"] for r in records)
+    if accepted == 0:  # nothing to train on: said so, nothing written
+        assert code == 2 and "nothing to build" in err and not (ds / "sft").exists()
+    else:
+        assert code == 0, err
+        rows = _rows(ds / "sft/data.jsonl")
+        assert len(rows) == accepted
+        assert sorted(_cand(r["images"][0]) for r in rows) == sorted(
+            (r["prompt_index"], r["candidate"]) for r in records if r["accepted"])
+        pool = _rows(ds / "sft/discard_pool.jsonl")
+        assert [p["prompt_index"] for p in pool] == [i for i, rs in by_prompt.items() if not any(r["accepted"] for r in rs)]
+    code, _printed, err = _main("build", "dpo", out, "--out", ds, "--name", "dpo", "--any-outcome")
+    assert code == 0, err
+    rows = _rows(ds / "dpo/data.jsonl")
+    expected = []
+    for i, rs in by_prompt.items():
+        best = max(rs, key=lambda r: (r["p_yes"], -r["candidate"]))
+        worst = min(rs, key=lambda r: (r["p_yes"], -r["candidate"]))
+        if best["p_yes"] > worst["p_yes"]:
+            expected.append(((i, best["candidate"]), (i, worst["candidate"])))
+    assert [tuple(_cand(x) for x in r["images"]) for r in rows] == expected
