@@ -212,3 +212,18 @@ def test_training_template_matches_the_inference_prompts(adapter, tiny, tmp_path
     prompt, answer = template.encode_oneturn(tokenizer, gen)
     assert prompt + answer[:1] == adapter.gen_prompt_ids("a red square")  # generation starts after <begin_of_image>
     assert answer[1:] == [spec.gen_offset + c for c in codes] + [spec.eoi_token_id, tokenizer.eos_token_id]
+
+
+def test_direct_decoder_steps_equal_the_language_models_forward(tiny, monkeypatch):
+    """The fast one-token decoding path gives the codes of LlamaModel.forward, padded batch included."""
+    import unigap.models.janus as janus
+
+    model, tokenizer, _ = tiny
+    adapter = janus.JanusAdapter(model, tokenizer)
+    prompts = ["a red square", "two big blue circles left of a green square", "a circle"]
+    assert janus._can_step_layers(model.model.language_model)
+    fast = [adapter.generate(prompts, seeds=[5, 6, 7], cfg_scale=3.0, greedy=g) for g in (True, False)]
+    monkeypatch.setattr(janus, "_can_step_layers", lambda lm: False)
+    slow = [adapter.generate(prompts, seeds=[5, 6, 7], cfg_scale=3.0, greedy=g) for g in (True, False)]
+    assert all(torch.equal(f, s) for f, s in zip(fast, slow))
+    assert not torch.equal(fast[1], adapter.generate(prompts, seeds=[8, 9, 10], cfg_scale=3.0))

@@ -168,28 +168,29 @@ class JanusAdapter:
 
         Image = _pil()
         size = size or self.spec.image_size
-        out = []
+        if fit not in ("crop", "pad"):
+            raise ValueError(f"fit must be 'crop' or 'pad', got {fit!r}")
+        arrays = []
         for img in images:
-            img = img.convert("RGB")
+            img = img.convert("RGB") if img.mode != "RGB" else img
             w, h = img.size
-            if fit == "crop":
-                side = min(w, h)
-                left, top = (w - side) // 2, (h - side) // 2
-                img = img.crop((left, top, left + side, top + side))
-            elif fit == "pad":
-                side = max(w, h)
-                fill = tuple(int(round(m * 255)) for m in self.image_mean)
-                canvas = Image.new("RGB", (side, side), fill)
-                canvas.paste(img, ((side - w) // 2, (side - h) // 2))
-                img = canvas
-            else:
-                raise ValueError(f"fit must be 'crop' or 'pad', got {fit!r}")
-            img = img.resize((size, size), Image.BICUBIC)
-            arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-            mean = torch.tensor(self.image_mean).view(3, 1, 1)
-            std = torch.tensor(self.image_std).view(3, 1, 1)
-            out.append((arr - mean) / std)
-        return torch.stack(out).to(self.device, self.dtype)
+            if (w, h) != (size, size):  # a self-drawn image usually has the right size already
+                if fit == "crop":
+                    side = min(w, h)
+                    left, top = (w - side) // 2, (h - side) // 2
+                    img = img.crop((left, top, left + side, top + side))
+                elif w != h:
+                    side = max(w, h)
+                    fill = tuple(int(round(m * 255)) for m in self.image_mean)
+                    canvas = Image.new("RGB", (side, side), fill)
+                    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+                    img = canvas
+                img = img.resize((size, size), Image.BICUBIC)
+            arrays.append(np.asarray(img, dtype=np.uint8))
+        batch = torch.from_numpy(np.stack(arrays)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        mean = torch.tensor(self.image_mean, device=batch.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std, device=batch.device).view(1, 3, 1, 1)
+        return ((batch - mean) / std).to(self.dtype)
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[Any], fit: str = "crop") -> torch.Tensor:
@@ -227,58 +228,95 @@ class JanusAdapter:
     ) -> torch.Tensor:
         """Draw one image per prompt with classifier-free guidance and a KV cache.
 
-        Each row samples from its own ``torch.Generator`` seeded with ``seeds[i]``,
-        so a row's codes do not depend on the batch it was drawn in.
+        Each row samples from its own ``torch.Generator`` seeded with ``seeds[i]``
+        (its uniforms are drawn up front and turned into codes by inverse-CDF
+        sampling), so a row's codes do not depend on the batch it was drawn in.
+        Rows that share a prompt (self-play's N candidates) and the
+        unconditional rows (identical for prompts of one length) share one
+        prefill; its KV cache is then expanded to the batch.
         """
         if len(seeds) != len(prompts):
             raise ValueError("one seed per prompt is required")
         model, spec, device = self._base(), self.spec, self.device
-        ids = [self.gen_prompt_ids(p) for p in prompts]
-        batch = len(ids)
-        width = max(map(len, ids))
-        tokens = torch.full((2 * batch, width), spec.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((2 * batch, width), dtype=torch.long)
-        for i, row in enumerate(ids):
-            row_t = torch.tensor(row)
-            tokens[i, width - len(row) :] = row_t
-            keep = (row_t == spec.boi_token_id) | (row_t == (spec.bos_token_id if spec.bos_token_id is not None else -1))
-            tokens[batch + i, width - len(row) :] = torch.where(keep, row_t, torch.full_like(row_t, spec.pad_token_id))
+        batch, steps = len(prompts), spec.num_image_tokens
+        tokenized = {p: tuple(self.gen_prompt_ids(p)) for p in dict.fromkeys(prompts)}
+        cond = [tokenized[p] for p in prompts]
+        keep = {spec.boi_token_id} | ({spec.bos_token_id} if spec.bos_token_id is not None else set())
+        uncond = [tuple(t if t in keep else spec.pad_token_id for t in row) for row in cond]
+        unique: dict[tuple[int, ...], int] = {}
+        for row in cond + uncond:
+            unique.setdefault(row, len(unique))
+        rows = list(unique)
+        expand = torch.tensor([unique[r] for r in cond + uncond], device=device)
+        width = max(map(len, rows))
+        padded = any(len(r) != width for r in rows)
+        tokens = torch.full((len(rows), width), spec.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width + steps), dtype=torch.long)
+        for i, row in enumerate(rows):
+            tokens[i, width - len(row) :] = torch.tensor(row)
             mask[i, width - len(row) :] = 1
-            mask[batch + i, width - len(row) :] = 1
         tokens, mask = tokens.to(device), mask.to(device)
-        generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        position = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
+        if not greedy:
+            uniforms = torch.stack(
+                [torch.rand(steps, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64) for s in seeds]
+            ).to(device)
         lm = model.model.language_model
-        embeds = model.get_input_embeddings()(tokens)
-        position = (mask.cumsum(-1) - 1).clamp(min=0)
-        past = None
-        codes = torch.empty((batch, spec.num_image_tokens), dtype=torch.long, device=device)
-        for step in range(spec.num_image_tokens):
-            out = lm(
-                inputs_embeds=embeds,
-                attention_mask=mask,
-                position_ids=position,
-                past_key_values=past,
-                use_cache=True,
-            )
-            past = out.past_key_values
-            logits = model.model.generation_head(out.last_hidden_state[:, -1]).float()
-            cond, uncond = logits[:batch], logits[batch:]
-            scores = uncond + (cond - uncond) * cfg_scale
+        out = lm(
+            inputs_embeds=model.get_input_embeddings()(tokens),
+            attention_mask=mask[:, :width] if padded else None,
+            position_ids=position,
+            use_cache=True,
+        )
+        past = out.past_key_values
+        past.reorder_cache(expand)  # one prefill per distinct row, expanded to the 2 * batch rows
+        hidden = out.last_hidden_state[expand, -1]
+        mask, position = mask[expand], position[expand, -1:]
+        codes = torch.empty((batch, steps), dtype=torch.long, device=device)
+        fast = _can_step_layers(lm)
+        if fast and padded:  # one-token queries: a key-padding bias is the whole mask
+            additive = torch.zeros(mask.shape, dtype=hidden.dtype, device=device)
+            additive = additive.masked_fill(mask == 0, torch.finfo(hidden.dtype).min)[:, None, None, :]
+        for step in range(steps):
+            logits = model.model.generation_head(hidden).float()
+            cond_logits, uncond_logits = logits[:batch], logits[batch:]
+            scores = uncond_logits + (cond_logits - uncond_logits) * cfg_scale
             if greedy:
                 nxt = scores.argmax(-1)
             else:
                 probs = _filtered_probs(scores / max(temperature, 1e-6), top_k, top_p)
-                nxt = torch.stack(
-                    [torch.multinomial(probs[i], 1, generator=generators[i]).squeeze(0) for i in range(batch)]
-                )
+                cdf = probs.double().cumsum(-1)
+                u = uniforms[:, step : step + 1] * cdf[:, -1:]
+                nxt = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
             codes[:, step] = nxt
+            if step == steps - 1:
+                break
+            position = position + 1
             embeds = model.prepare_embeddings_for_image_generation(torch.cat([nxt, nxt]).unsqueeze(-1))
-            mask = torch.cat([mask, mask.new_ones((2 * batch, 1))], dim=1)
-            position = position[:, -1:] + 1
+            if fast:
+                bias = additive[:, :, :, : width + step + 1] if padded else None
+                hidden = _decode_step(lm, embeds, position, past, bias)[:, -1]
+            else:
+                out = lm(
+                    inputs_embeds=embeds,
+                    attention_mask=mask[:, : width + step + 1] if padded else None,
+                    position_ids=position,
+                    past_key_values=past,
+                    use_cache=True,
+                )
+                past = out.past_key_values
+                hidden = out.last_hidden_state[:, -1]
         return codes
 
     # ------------------------------------------------------------------ understanding branch
     def answer_token_ids(self, words: Sequence[str] = ("Yes", "No")) -> list[int]:
+        key = tuple(words)
+        cache = self.__dict__.setdefault("_answer_ids", {})
+        if key not in cache:
+            cache[key] = self._answer_token_ids(key)
+        return cache[key]
+
+    def _answer_token_ids(self, words: Sequence[str]) -> list[int]:
         out = []
         for word in words:
             ids = self.tokenizer.encode(" " + word, add_special_tokens=False)
@@ -291,22 +329,48 @@ class JanusAdapter:
 
     @torch.no_grad()
     def judge(self, images: Sequence[Any], questions: Sequence[str], fit: str = "pad") -> torch.Tensor:
-        """P(yes) against P(no) for each (image, question), from one batched forward pass."""
+        """P(yes) against P(no) for each (image, question), from one batched forward pass.
+
+        When the rows have one length (self-play asks one question of a prompt's
+        N images), the text before the image (system prompt and chat header) is
+        run once and its KV cache shared by the batch.
+        """
         if len(images) != len(questions):
             raise ValueError("one question per image is required")
         model, spec, device = self._base(), self.spec, self.device
-        ids = [self.und_prompt_ids(q) for q in questions]
+        tokenized = {q: self.und_prompt_ids(q) for q in dict.fromkeys(questions)}
+        ids = [tokenized[q] for q in questions]
         width = max(map(len, ids))
+        padded = any(len(row) != width for row in ids)
         tokens = torch.full((len(ids), width), spec.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(tokens)
         for i, row in enumerate(ids):
             tokens[i, width - len(row) :] = torch.tensor(row)
             mask[i, width - len(row) :] = 1
         tokens, mask = tokens.to(device), mask.to(device)
-        embeds = self._embed(model, tokens, self.pixels(images, size=model.config.vision_config.image_size, fit=fit))
-        out = model.model.language_model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False
-        )
+        pixels = self.pixels(images, size=model.config.vision_config.image_size, fit=fit)
+        lm = model.model.language_model
+        prefix = 0
+        if not padded and len(ids) > 1:
+            same = (tokens == tokens[:1]).all(0) & (tokens[0] != spec.image_token_id)
+            prefix = int(same.long().cumprod(0).sum())
+        if prefix >= 8:
+            head = lm(inputs_embeds=model.get_input_embeddings()(tokens[:1, :prefix]), use_cache=True)
+            past = head.past_key_values
+            past.reorder_cache(torch.zeros(len(ids), dtype=torch.long, device=device))
+            out = lm(
+                inputs_embeds=self._embed(model, tokens[:, prefix:], pixels),
+                past_key_values=past,
+                position_ids=torch.arange(prefix, width, device=device).expand(len(ids), -1),
+                use_cache=True,
+            )
+        else:
+            out = lm(
+                inputs_embeds=self._embed(model, tokens, pixels),
+                attention_mask=mask if padded else None,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=False,
+            )
         logits = model.lm_head(out.last_hidden_state[:, -1]).float()
         yes, no = self.answer_token_ids()
         return torch.softmax(logits[:, [yes, no]], dim=-1)[:, 0]
@@ -414,6 +478,34 @@ class JanusAdapter:
             feats = model.model.get_image_features(blank)
             zero = zero + getattr(feats, "pooler_output", feats).sum() * 0.0
         return zero.float()
+
+
+def _can_step_layers(lm: Any) -> bool:
+    """Whether a one-token decoding step may call the decoder layers directly.
+
+    ``LlamaModel.forward`` rebuilds masks and output wrappers on every call; for
+    a one-token step with a KV cache none of that is needed.  Only the Llama
+    stack (Janus' language model) with eager / SDPA attention takes this path.
+    """
+    config = getattr(lm, "config", None)
+    return (
+        type(lm).__name__ == "LlamaModel"
+        and all(hasattr(lm, name) for name in ("rotary_emb", "layers", "norm"))
+        and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+    )
+
+
+def _decode_step(lm: Any, embeds: torch.Tensor, position: torch.Tensor, past: Any, bias: torch.Tensor | None) -> torch.Tensor:
+    """One cached decoding step through the decoder layers (see :func:`_can_step_layers`)."""
+    hidden = embeds
+    rotary = lm.rotary_emb(hidden, position_ids=position)
+    for layer in lm.layers[: lm.config.num_hidden_layers]:
+        hidden = layer(
+            hidden, attention_mask=bias, position_embeddings=rotary, position_ids=position, past_key_values=past, use_cache=True
+        )
+        if isinstance(hidden, tuple):  # older transformers return (hidden_states, ...)
+            hidden = hidden[0]
+    return lm.norm(hidden)
 
 
 def _distributed() -> bool:
