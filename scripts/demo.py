@@ -127,6 +127,15 @@ def main() -> None:
         head,
         *overall(OUT / "report_dpo"),
         "",
+        "Mean P(yes) of the model's own images (all prompts): " + "; ".join(
+            f"{name} {p['before']:.3f} -> {p['after']:.3f}" for name, p in (
+                ("SFT", json.loads((OUT / "report_sft/report.json").read_text())["comparison"]["overall"]["mean_p_yes"]),
+                ("DPO", json.loads((OUT / "report_dpo/report.json").read_text())["comparison"]["overall"]["mean_p_yes"]),
+            )
+        ) + ". The untrained judge's P(yes) sits just around the threshold (0.475), so training the shared LLM "
+        "moves every answer across it at once: with this model the score change measures that shift, not better images "
+        "(the trained ShapesWorld default will replace it).",
+        "",
         f"Training data built from the first self-play run: {len(before)} SFT rows (accepted images); "
         f"DPO reward accuracy {dpo_rows[0]['rewards/accuracies']:.2f} -> {dpo_rows[-1]['rewards/accuracies']:.2f}, "
         f"margin {dpo_rows[0]['rewards/margins']:.3f} -> {dpo_rows[-1]['rewards/margins']:.3f}; "
