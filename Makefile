@@ -35,6 +35,8 @@ demo: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_gen_training.py
+	$(BIN)/python benchmarks/bench_selfplay.py
+	$(BIN)/python benchmarks/bench_build.py
 
 clean:
 	rm -rf $(VENV) $(MODEL) saves outputs

@@ -309,6 +309,9 @@ def run_selfplay(config: SelfPlayConfig) -> dict[str, Any]:
     out = Path(config.output_dir)
     dist = _Dist()
     try:
+        # the model (and adapter) must load before anything is written
+        device, dtype = _resolve_device(config, dist)
+        adapter = load_unified(config.model_name_or_path, config.adapter_name_or_path, device=device, dtype=dtype)
         ok, error = True, None
         try:
             if dist.rank == 0:
@@ -317,9 +320,6 @@ def run_selfplay(config: SelfPlayConfig) -> dict[str, Any]:
             ok, error = False, err
         if not dist.all_ok(ok):
             raise error or SelfPlayError("another rank could not prepare the output directory")
-
-        device, dtype = _resolve_device(config, dist)
-        adapter = load_unified(config.model_name_or_path, config.adapter_name_or_path, device=device, dtype=dtype)
         spec = adapter.spec
         result_config = {k: v for k, v in config.public().items() if k not in config.NON_RESULT_KEYS}
         result_config["dtype"] = dtype
