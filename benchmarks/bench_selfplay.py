@@ -109,6 +109,18 @@ def _time(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
+def _variants(adapter: JanusAdapter, batch: int, cfg: float, answer_tokens: int) -> dict:
+    """The four measured calls, on one batch of the model's own images."""
+    images = adapter.decode_codes(unigap_generate(adapter, batch, cfg, greedy=False))
+    question = f"Does this image show {PROMPT}?"
+    return {
+        "gen_unigap": lambda: unigap_generate(adapter, batch, cfg, greedy=False),
+        "gen_hf": lambda: hf_generate(adapter, batch, cfg, greedy=False),
+        "judge_unigap": lambda: adapter.judge(images, [question] * batch),
+        "judge_hf_text": lambda: hf_judge_by_text(adapter, images, question, answer_tokens),
+    }
+
+
 def bench_size(size: str, root: Path, batch: int, cfg: float, repeats: int, device: str, dtype: str, answer_tokens: int):
     adapter = _load(size, root, device, dtype)
     spec = adapter.spec
@@ -116,15 +128,7 @@ def bench_size(size: str, root: Path, batch: int, cfg: float, repeats: int, devi
     ours = unigap_generate(adapter, batch, cfg, greedy=True)
     theirs = hf_generate(adapter, batch, cfg, greedy=True)
     identical = bool(torch.equal(ours.cpu(), theirs.cpu()))
-    images = adapter.decode_codes(unigap_generate(adapter, batch, cfg, greedy=False))
-    question = f"Does this image show {PROMPT}?"
-
-    variants = {
-        "gen_unigap": lambda: unigap_generate(adapter, batch, cfg, greedy=False),
-        "gen_hf": lambda: hf_generate(adapter, batch, cfg, greedy=False),
-        "judge_unigap": lambda: adapter.judge(images, [question] * batch),
-        "judge_hf_text": lambda: hf_judge_by_text(adapter, images, question, answer_tokens),
-    }
+    variants = _variants(adapter, batch, cfg, answer_tokens)
     for fn in variants.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -147,15 +151,7 @@ def bench_size(size: str, root: Path, batch: int, cfg: float, repeats: int, devi
 
 
 def _memory_child(variant: str, size: str, root: str, batch: int, cfg: float, device: str, dtype: str, answer_tokens: int) -> int:
-    adapter = _load(size, Path(root), device, dtype)
-    images = adapter.decode_codes(unigap_generate(adapter, batch, cfg, greedy=False))
-    question = f"Does this image show {PROMPT}?"
-    fn = {
-        "gen_unigap": lambda: unigap_generate(adapter, batch, cfg, greedy=False),
-        "gen_hf": lambda: hf_generate(adapter, batch, cfg, greedy=False),
-        "judge_unigap": lambda: adapter.judge(images, [question] * batch),
-        "judge_hf_text": lambda: hf_judge_by_text(adapter, images, question, answer_tokens),
-    }[variant]
+    fn = _variants(_load(size, Path(root), device, dtype), batch, cfg, answer_tokens)[variant]
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import __version__
+from ..jsonl import parse_object
 from .build import DATA_FILE, IMAGES
 from .output import MANIFEST_FILE, BuildError, Output, now_iso
 from .sharegpt import dataset_info_entry, gen_sft_row
@@ -82,12 +83,7 @@ def _jsonl_items(path: Path, image_key: str, text_key: str, base: Path) -> Itera
             if not line.strip():
                 continue
             where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EncodeError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise EncodeError(f"{where}: each line must be a JSON object")
+            row = parse_object(line, where, EncodeError)
             if image_key not in row:
                 raise EncodeError(f"{where}: no {image_key!r} (the image path; --image-column names another key)")
             yield Item(where, row[image_key], row.get(text_key), base)

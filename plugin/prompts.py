@@ -7,10 +7,11 @@ Errors name the line (or row) and never leave anything behind.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .jsonl import parse_object
 
 
 class PromptError(ValueError):
@@ -82,12 +83,7 @@ def load_prompt_file(path: str | Path) -> list[Prompt]:
         if text_mode:
             prompts.append(_make(where, str(number), line, None, None, None))
         else:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PromptError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise PromptError(f"{where}: each line must be a JSON object with a 'prompt', got {type(row).__name__}")
+            row = parse_object(line, where, PromptError, "a JSON object with a 'prompt'")
             prompts.append(
                 _make(where, str(number), row.get("prompt"), row.get("id"), row.get("difficulty"), row.get("category"))
             )

@@ -27,6 +27,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from .jsonl import parse_object
+
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -97,12 +99,7 @@ def is_complete(run_dir: str | os.PathLike) -> bool:
 
 
 def _parse_line(line: str, where: str) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise RunError(f"{where}: not valid JSON ({err.msg})") from None
-    if not isinstance(record, dict):
-        raise RunError(f"{where}: a record must be a JSON object")
+    record = parse_object(line, where, RunError, "a JSON object (one record)")
     missing = [k for k in RECORD_KEYS if k not in record]
     if missing:
         raise RunError(f"{where}: record lacks {', '.join(missing)}")
