@@ -334,6 +334,45 @@ def _plot(results: list[dict[str, Any]], names: list[str], path: Path) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
+def _inline(text: str) -> str:
+    """Escape, then render the Markdown the report uses inline (**bold**, `code`)."""
+    import re
+
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def _md_to_html(md: str) -> str:
+    """The report's own Markdown (headings, bullets, tables, paragraphs) as HTML."""
+    out: list[str] = []
+    table: list[list[str]] = []
+
+    def flush() -> None:
+        if table:
+            head, *body = table
+            out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>")
+            out.extend("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
+            out.append("</table>")
+            table.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [_inline(c.strip()) for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                table.append(cells)
+            continue
+        flush()
+        if line.startswith("## "):
+            out.append(f"<h2>{_inline(line[3:])}</h2>")
+        elif line.startswith("- "):
+            out.append(f"<li>{_inline(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    flush()
+    return "\n".join(out)
+
+
 def _html(tables: list[PromptTable], run_dirs: list[Path], names: list[str], out: Path, md: str, max_prompts: int) -> str:
     e = html.escape
     parts = [
@@ -346,7 +385,7 @@ def _html(tables: list[PromptTable], run_dirs: list[Path], names: list[str], out
         ".run{color:#666;font-size:12px;margin-right:.5em}",
         "</style></head><body><h1>unigap self-play report</h1>",
         "<img src='non_unification_by_difficulty.png' alt='non-unification by difficulty'>",
-        "<pre style='white-space:pre-wrap;font-size:12px'>" + e(md) + "</pre>",
+        _md_to_html(md.split("\n", 1)[1] if md.startswith("# ") else md),
         "<h2>Candidates per prompt</h2><p>green border = accepted by the model's own judge, red = rejected; "
         "the number is P(yes).</p>",
     ]
