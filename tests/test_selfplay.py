@@ -173,15 +173,25 @@ def test_same_images_and_judgments_whatever_the_batch_size(reference_run, tiny_m
     assert (other / "images/000000-000.codes.npy").read_bytes() != (reference_run / "images/000000-000.codes.npy").read_bytes()
 
 
-def test_two_process_torchrun_equals_one_process(reference_run, tiny_model, prompts_file, tmp_path):
+LAUNCHERS = {
+    "torchrun": ["torchrun", "--nproc_per_node", "2", "--master_port", "29531"],
+    # accelerate on a CPU machine: --multi_gpu only selects its torch.distributed launcher
+    "accelerate": ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_equal_one_process(launcher, reference_run, tiny_model, prompts_file, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [
-        str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29531", "-m", "unigap", "selfplay",
-        f"model_name_or_path={tiny_model}", f"prompts={prompts_file}", f"output_dir={out}",
-        f"num_candidates={N}", f"judge_threshold={THRESHOLD}", "seed=3", "batch_size=2",
+    head = [str(BIN / LAUNCHERS[launcher][0]), *LAUNCHERS[launcher][1:]]
+    cmd = head + [
+        "-m", "unigap", "selfplay", f"model_name_or_path={tiny_model}", f"prompts={prompts_file}",
+        f"output_dir={out}", f"num_candidates={N}", f"judge_threshold={THRESHOLD}", "seed=3", "batch_size=2",
     ]
     proc = run(cmd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "rank 0/2" in proc.stderr  # really two ranks
     assert_same_run(reference_run, out)
 
 
