@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -159,9 +160,8 @@ def _memory_child(variant: str, size: str, root: str, batch: int, cfg: float, de
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    # CPU: sample this process's resident set every 0.2 ms while fn runs (large tensors are
-    # mmapped by the allocator and given back when freed, so RSS follows them)
-    import os
+    # CPU: sample this process's resident set every 0.2 ms while fn runs (the parent sets the
+    # allocator so that tensors are mmapped and given back when freed, so RSS follows them)
     import threading
 
     page = os.sysconf("SC_PAGE_SIZE")
@@ -191,7 +191,9 @@ def bench_memory(size: str, root: Path, batch: int, cfg: float, device: str, dty
         args = [sys.executable, __file__, "--memory-child", variant, "--sizes", size, "--root", str(root),
                 "--batch", str(batch), "--cfg", str(cfg), "--device", device, "--dtype", dtype,
                 "--answer-tokens", str(answer_tokens)] + (["--threads", str(torch.get_num_threads())])
-        out = subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        # every tensor buffer above 16 KiB is its own mapping, unmapped when freed: RSS follows live tensors
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "16384", "MALLOC_TRIM_THRESHOLD_": "0"}
+        out = subprocess.run(args, capture_output=True, text=True, check=True, env=env).stdout.strip().splitlines()[-1]
         peaks[variant] = int(out)
     return peaks
 
