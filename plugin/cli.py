@@ -90,7 +90,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
     out = args.out or None
-    report = build_report(args.runs, out, max_html_prompts=args.max_html_prompts)
+    report = build_report(args.runs, out, max_html_prompts=args.max_html_prompts, allow_partial=args.allow_partial)
     target = out or str(Path(args.runs[-1]) / "report")
     for run in report["runs"]:
         o = run["overall"]
@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one run, or two (before, after)")
     rep.add_argument("--out", help="report directory (default: RUN_DIR/report of the last run)")
     rep.add_argument("--max-html-prompts", type=int, default=300, help="prompts shown in report.html")
+    rep.add_argument("--allow-partial", action="store_true", help="report the prompts finished so far of a running run")
     rep.set_defaults(func=_cmd_report)
 
     from .data_builders.cli import register as register_builders

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .fsutil import write_bytes_atomic, write_text_atomic
-from .runs import iter_records, read_meta, resolve_inside
+from .runs import is_complete, iter_records, read_meta, resolve_inside
 
 METRICS = ("non_unification", "mean_p_yes", "pass_at_n")
 LABELS = {"non_unification": "non-unification", "mean_p_yes": "mean P(yes)", "pass_at_n": "pass@N"}
@@ -414,13 +414,18 @@ def _html(tables: list[PromptTable], run_dirs: list[Path], names: list[str], out
     return "\n".join(parts)
 
 
-def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None, max_html_prompts: int = 300) -> dict[str, Any]:
+def build_report(
+    run_dirs: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    max_html_prompts: int = 300,
+    allow_partial: bool = False,
+) -> dict[str, Any]:
     """Write report.json, report.md, non_unification_by_difficulty.png and report.html; return the JSON."""
     if not 1 <= len(run_dirs) <= 2:
         raise ReportError("give one run directory, or two (before and after) to compare")
     dirs = [Path(d) for d in run_dirs]
     metas = [read_meta(d) for d in dirs]
-    tables = [PromptTable(iter_records(d)) for d in dirs]
+    tables = [PromptTable(iter_records(d, allow_partial=allow_partial)) for d in dirs]
     out_dir = Path(out) if out else dirs[-1] / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     names = ["before", "after"] if len(dirs) == 2 else [dirs[0].name]
@@ -438,6 +443,7 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike |
             }
             for name, d, m, r in zip(names, dirs, metas, results)
         ],
+        "partial": [not is_complete(d) for d in dirs],
         "bootstrap": {"unit": "prompt, then candidate", "replicates": REPLICATES, "level": 0.95, "seed": 0},
     }
     if len(dirs) == 2:
@@ -449,6 +455,9 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike |
             f"- **{name}**: `{d}` (model {m.get('model_fingerprint')}, N={cfg.get('num_candidates')}, "
             f"threshold {cfg.get('judge_threshold')}, judge: \"{cfg.get('judge_question')}\")"
         )
+    for name, d in zip(names, dirs):
+        if not is_complete(d):
+            md.append(f"- **{name} is an unfinished run**: only the prompts finished so far are counted.")
     md.append("")
     md.append(
         "non-unification = share of the model's own images its own judge rejects; pass@N = share of prompts "

@@ -351,3 +351,20 @@ def test_selfplay_example_yaml_runs_as_is(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["overall"]["n_images"] == 6 * summary["num_candidates"]
     assert "non-unification" in proc.stdout
+
+
+def test_report_of_an_unfinished_run_needs_allow_partial(reference_run, tiny_model, prompts_file, tmp_path):
+    out = tmp_path / "run"
+    killed = selfplay(tiny_model, prompts_file, out, "batch_size=4", "progress=false",
+                      env={"UNIGAP_KILL_AT_WRITE": str(1 + 2 * (2 * N + 1) + 1)}, expect_ok=False)
+    assert killed.returncode == -signal.SIGKILL
+    refused = run([str(BIN / "unigap"), "report", str(out)])
+    assert refused.returncode == 2 and "is not complete (2 prompts finished" in refused.stderr
+    assert "--allow-partial" in refused.stderr and not (out / "report").exists()
+    proc = run([str(BIN / "unigap"), "report", str(out), "--allow-partial"])
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["partial"] == [True] and report["runs"][0]["overall"]["n_prompts"] == 2
+    assert report["runs"][0]["overall"]["n_images"] == 2 * N
+    assert "unfinished run" in (out / "report" / "report.md").read_text()
+
