@@ -30,15 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..codes import GenImageError, check_png, load_codes
-from ..runs import (
-    PARTS_DIR,
-    RECORDS_FILE,
-    RunError,
-    _parse_line,
-    is_complete,
-    iter_records,
-    read_meta,
-)
+from ..runs import RunError, is_complete, parse_record, read_meta, record_files
 from .output import BuildError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -124,8 +116,7 @@ class RunSource:
             if not isinstance(meta.get(key), str) or not meta[key]:
                 raise BuildError(f"{where}: no {key}")
         complete = is_complete(path)
-        if not complete and not allow_partial:
-            next(iter_records(path), None)  # raises RunIncompleteError, which says what to do
+        record_files(path, allow_partial)  # an unfinished run without allow_partial: RunIncompleteError says what to do
         return cls(
             path=path,
             meta=meta,
@@ -154,13 +145,6 @@ class RunSource:
         }
 
     # ------------------------------------------------------------------ records
-    def _files(self) -> list[Path]:
-        if self.complete:
-            return [self.path / RECORDS_FILE]
-        parts = self.path / PARTS_DIR
-        files = [p for p in parts.glob("*.jsonl") if p.stem.isdigit()] if parts.is_dir() else []
-        return sorted(files, key=lambda p: int(p.stem))
-
     def _check(self, record: dict[str, Any], where: str) -> None:
         meta = self.meta
         if record["model_fingerprint"] != meta["model_fingerprint"]:
@@ -207,7 +191,7 @@ class RunSource:
         current: list[Candidate] = []
         seen: set[int] = set()
         count = 0
-        for path in self._files():
+        for path in record_files(self.path, allow_partial=True):
             with open(path, "rb") as handle:
                 for number, raw in enumerate(handle, 1):
                     digest.update(raw)
@@ -219,7 +203,7 @@ class RunSource:
                     except UnicodeDecodeError:
                         raise BuildError(f"{where}: not valid UTF-8") from None
                     try:
-                        record = _parse_line(line, where)
+                        record = parse_record(line, where)
                     except RunError as err:
                         raise BuildError(str(err)) from None
                     self._check(record, where)

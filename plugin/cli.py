@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 import sys
 import time
 
@@ -87,11 +86,10 @@ def _cmd_selfplay(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from .report import build_report, default_out
 
-    out = args.out or None
-    report = build_report(args.runs, out, max_html_prompts=args.max_html_prompts, allow_partial=args.allow_partial)
-    target = out or str(Path(args.runs[-1]) / "report")
+    target = args.out or default_out(args.runs)
+    report = build_report(args.runs, target, max_html_prompts=args.max_html_prompts, allow_partial=args.allow_partial)
     for run in report["runs"]:
         o = run["overall"]
         lo, hi = o["non_unification"]["ci"]

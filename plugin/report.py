@@ -414,6 +414,11 @@ def _html(tables: list[PromptTable], run_dirs: list[Path], names: list[str], out
     return "\n".join(parts)
 
 
+def default_out(run_dirs: Sequence[str | os.PathLike]) -> Path:
+    """Where a report goes without ``--out``: ``report/`` in the last run given."""
+    return Path(run_dirs[-1]) / "report"
+
+
 def build_report(
     run_dirs: Sequence[str | os.PathLike],
     out: str | os.PathLike | None = None,
@@ -426,7 +431,7 @@ def build_report(
     dirs = [Path(d) for d in run_dirs]
     metas = [read_meta(d) for d in dirs]
     tables = [PromptTable(iter_records(d, allow_partial=allow_partial)) for d in dirs]
-    out_dir = Path(out) if out else dirs[-1] / "report"
+    out_dir = Path(out) if out else default_out(dirs)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = ["before", "after"] if len(dirs) == 2 else [dirs[0].name]
     results = [analyse(t) for t in tables]

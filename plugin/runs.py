@@ -98,7 +98,8 @@ def is_complete(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / SUMMARY_FILE).is_file() and (Path(run_dir) / RECORDS_FILE).is_file()
 
 
-def _parse_line(line: str, where: str) -> dict[str, Any]:
+def parse_record(line: str, where: str) -> dict[str, Any]:
+    """One line of ``records.jsonl`` (or of a part) as a record; errors name ``where`` (file:line)."""
     record = parse_object(line, where, RunError, "a JSON object (one record)")
     missing = [k for k in RECORD_KEYS if k not in record]
     if missing:
@@ -106,28 +107,37 @@ def _parse_line(line: str, where: str) -> dict[str, Any]:
     return record
 
 
-def iter_records(run_dir: str | os.PathLike, allow_partial: bool = False) -> Iterator[dict[str, Any]]:
-    """Stream the records of a run, one dict per candidate (constant memory).
+def finished_parts(run_dir: str | os.PathLike) -> list[Path]:
+    """The ``parts/<prompt index>.jsonl`` of the prompts finished so far, in prompt order."""
+    parts = Path(run_dir) / PARTS_DIR
+    found = [p for p in parts.glob("*.jsonl") if p.stem.isdigit()] if parts.is_dir() else []
+    return sorted(found, key=lambda p: int(p.stem))
+
+
+def record_files(run_dir: str | os.PathLike, allow_partial: bool = False) -> list[Path]:
+    """The files that hold a run's records, in prompt order.
 
     A run that has not finished raises :class:`RunIncompleteError` unless
-    ``allow_partial``; then the prompts finished so far are read from ``parts/``.
+    ``allow_partial``; then they are the parts of the prompts finished so far.
     """
     run_dir = Path(run_dir)
-    read_meta(run_dir)
     if is_complete(run_dir):
-        files = [run_dir / RECORDS_FILE]
-    elif allow_partial:
-        parts = run_dir / PARTS_DIR
-        files = sorted(parts.glob("*.jsonl")) if parts.is_dir() else []
-    else:
-        done = len(list((run_dir / PARTS_DIR).glob("*.jsonl"))) if (run_dir / PARTS_DIR).is_dir() else 0
+        return [run_dir / RECORDS_FILE]
+    parts = finished_parts(run_dir)
+    if not allow_partial:
         raise RunIncompleteError(
-            f"self-play run {run_dir} is not complete ({done} prompts finished, no {SUMMARY_FILE}); "
+            f"self-play run {run_dir} is not complete ({len(parts)} prompts finished, no {SUMMARY_FILE}); "
             "finish it by running the same `unigap selfplay` command again, or use the prompts finished so far "
             "with --allow-partial"
         )
-    for path in files:
+    return parts
+
+
+def iter_records(run_dir: str | os.PathLike, allow_partial: bool = False) -> Iterator[dict[str, Any]]:
+    """Stream the records of a run, one dict per candidate (constant memory); see :func:`record_files`."""
+    read_meta(run_dir)
+    for path in record_files(run_dir, allow_partial):
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 if line.strip():
-                    yield _parse_line(line, f"{path}:{number}")
+                    yield parse_record(line, f"{path}:{number}")

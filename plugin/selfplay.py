@@ -29,13 +29,15 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .fsutil import crash_point, write_text_atomic
+from .codes import save_gen_image
+from .fsutil import write_text_atomic
 from .prompts import Prompt, load_prompt_dataset, load_prompt_file
+from .report import summarize
 from .runs import (
     IMAGES_DIR,
     PARTS_DIR,
@@ -43,11 +45,14 @@ from .runs import (
     RUN_FILE,
     SUMMARY_FILE,
     codes_name,
+    finished_parts,
     image_name,
     part_name,
 )
 
 DEFAULT_QUESTION = "Does this image show {prompt}?"
+#: keys that change no result (left out of the config fingerprint; a resume may change them)
+NON_RESULT_KEYS = ("output_dir", "batch_size", "device", "progress", "model_name_or_path", "adapter_name_or_path")
 
 
 class SelfPlayError(ValueError):
@@ -85,13 +90,6 @@ class SelfPlayConfig:
     judge_question: str = DEFAULT_QUESTION
     judge_threshold: float = 0.5
     progress: bool = True
-
-    #: keys that do not change any result (excluded from the config fingerprint)
-    NON_RESULT_KEYS: tuple[str, ...] = field(
-        default=("output_dir", "batch_size", "device", "progress", "model_name_or_path", "adapter_name_or_path"),
-        init=False,
-        repr=False,
-    )
 
     def public(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
@@ -244,21 +242,24 @@ def _prepare_output(out: Path) -> None:
         raise SelfPlayError(f"output_dir {out} is not writable ({err.strerror or err})") from None
 
 
-def _sweep_temp_files(out: Path) -> int:
+def _sweep_temp_files(out: Path) -> None:
     """Remove the temporary files a killed writer may have left (they are never read)."""
-    removed = 0
     for folder in (out, out / IMAGES_DIR, out / PARTS_DIR):
         if folder.is_dir():
             for path in folder.glob(".*.tmp"):
                 path.unlink(missing_ok=True)
-                removed += 1
-    return removed
+
+
+def _result_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's configuration that decides its results (dtype resolved)."""
+    return {k: v for k, v in config.items() if k not in NON_RESULT_KEYS}
 
 
 def _describe_mismatch(old: dict[str, Any], new: dict[str, Any]) -> str:
     diffs = []
-    for key in sorted(set(old["result_config"]) | set(new["result_config"])):
-        a, b = old["result_config"].get(key), new["result_config"].get(key)
+    before, after = _result_config(old.get("config", {})), _result_config(new["config"])
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
         if a != b:
             diffs.append(f"{key}: {a!r} -> {b!r}")
     if old.get("model_fingerprint") != new.get("model_fingerprint"):
@@ -303,7 +304,6 @@ def _resolve_device(config: SelfPlayConfig, dist: _Dist) -> tuple[str, str]:
 def run_selfplay(config: SelfPlayConfig) -> dict[str, Any]:
     """Run (or resume) self-play; returns the summary (on every rank)."""
     from .loading import load_unified
-    from .report import summarize
 
     prompts = _load_prompts(config)  # bad prompts fail before anything is written or loaded
     out = Path(config.output_dir)
@@ -321,15 +321,12 @@ def run_selfplay(config: SelfPlayConfig) -> dict[str, Any]:
         if not dist.all_ok(ok):
             raise error or SelfPlayError("another rank could not prepare the output directory")
         spec = adapter.spec
-        result_config = {k: v for k, v in config.public().items() if k not in config.NON_RESULT_KEYS}
-        result_config["dtype"] = dtype
         prompts_fp = hashlib.sha256(
             json.dumps([p.to_dict() for p in prompts], ensure_ascii=False).encode()
         ).hexdigest()[:16]
         meta = {
             "unigap_version": __version__,
             "config": {**config.public(), "dtype": dtype},
-            "result_config": result_config,
             "model_fingerprint": model_fingerprint(adapter.model),
             "prompts_fingerprint": prompts_fp,
             "num_prompts": len(prompts),
@@ -340,7 +337,10 @@ def run_selfplay(config: SelfPlayConfig) -> dict[str, Any]:
                 "image_size": spec.image_size,
             },
         }
-        fp_source = {k: meta[k] for k in ("result_config", "model_fingerprint", "prompts_fingerprint")}
+        fp_source = {
+            "result_config": _result_config(meta["config"]),
+            **{k: meta[k] for k in ("model_fingerprint", "prompts_fingerprint")},
+        }
         meta["config_fingerprint"] = hashlib.sha256(json.dumps(fp_source, sort_keys=True).encode()).hexdigest()[:16]
 
         ok, error = True, None
@@ -366,7 +366,7 @@ def run_selfplay(config: SelfPlayConfig) -> dict[str, Any]:
         if dist.rank == 0:
             _sweep_temp_files(out)
         dist.barrier()
-        done = {int(p.stem) for p in (out / PARTS_DIR).glob("*.jsonl") if p.stem.isdigit()}
+        done = {int(p.stem) for p in finished_parts(out)}
         dist.barrier()  # every rank has listed the finished prompts before anyone writes
         pending = [i for i in range(len(prompts)) if i not in done]
         mine = pending[dist.rank :: dist.world]
@@ -374,7 +374,7 @@ def run_selfplay(config: SelfPlayConfig) -> dict[str, Any]:
         dist.barrier()
 
         if dist.rank == 0:
-            summary = _finish(out, prompts, config, summarize)
+            summary = _finish(out, prompts, config)
         dist.barrier()
         return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8")) if dist.rank else summary
     finally:
@@ -382,8 +382,6 @@ def run_selfplay(config: SelfPlayConfig) -> dict[str, Any]:
 
 
 def _draw_and_judge(adapter, config, prompts, mine, out, meta, dist, resumed: int) -> None:
-    from .codes import save_gen_image
-
     n = config.num_candidates
     jobs = [(i, k) for i in mine for k in range(n)]
     bar = None
@@ -413,7 +411,7 @@ def _draw_and_judge(adapter, config, prompts, mine, out, meta, dist, resumed: in
         for (i, k), row in zip(chunk, codes):
             drawn.setdefault(i, []).append(row)
             if len(drawn[i]) == n:
-                got = _finish_prompt(adapter, config, prompts[i], i, drawn.pop(i), out, meta, save_gen_image)
+                got = _finish_prompt(adapter, config, prompts[i], i, drawn.pop(i), out, meta)
                 judged += n
                 accepted += got
                 if bar is not None:
@@ -424,7 +422,7 @@ def _draw_and_judge(adapter, config, prompts, mine, out, meta, dist, resumed: in
         bar.close()
 
 
-def _finish_prompt(adapter, config, prompt: Prompt, index: int, rows, out: Path, meta, save_gen_image) -> int:
+def _finish_prompt(adapter, config, prompt: Prompt, index: int, rows, out: Path, meta) -> int:
     """Decode and judge one prompt's candidates together, write them, then publish its records."""
     import torch
 
@@ -457,22 +455,14 @@ def _finish_prompt(adapter, config, prompt: Prompt, index: int, rows, out: Path,
     return accepted
 
 
-def _finish(out: Path, prompts: list[Prompt], config: SelfPlayConfig, summarize) -> dict[str, Any]:
+def _finish(out: Path, prompts: list[Prompt], config: SelfPlayConfig) -> dict[str, Any]:
     """Merge the parts in prompt order, write the summary (the completion mark), drop the parts."""
     missing = [i for i in range(len(prompts)) if not (out / part_name(i)).is_file()]
     if missing:
         raise SelfPlayError(f"{len(missing)} prompts have no records after all ranks finished (first: index {missing[0]})")
-    records = []
-    tmp = out / f".{RECORDS_FILE}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for i in range(len(prompts)):
-            text = (out / part_name(i)).read_text(encoding="utf-8")
-            handle.write(text)
-            records.extend(json.loads(line) for line in text.splitlines() if line.strip())
-        handle.flush()
-        os.fsync(handle.fileno())
-    crash_point()
-    os.replace(tmp, out / RECORDS_FILE)
+    text = "".join((out / part_name(i)).read_text(encoding="utf-8") for i in range(len(prompts)))
+    write_text_atomic(out / RECORDS_FILE, text)
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
     summary = summarize(records, config.num_candidates)
     write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     shutil.rmtree(out / PARTS_DIR, ignore_errors=True)

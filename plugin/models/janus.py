@@ -248,14 +248,9 @@ class JanusAdapter:
             unique.setdefault(row, len(unique))
         rows = list(unique)
         expand = torch.tensor([unique[r] for r in cond + uncond], device=device)
-        width = max(map(len, rows))
+        tokens, mask = _left_pad(rows, spec.pad_token_id, device, room=steps)
+        width = tokens.shape[1]
         padded = any(len(r) != width for r in rows)
-        tokens = torch.full((len(rows), width), spec.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width + steps), dtype=torch.long)
-        for i, row in enumerate(rows):
-            tokens[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
-        tokens, mask = tokens.to(device), mask.to(device)
         position = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
         if not greedy:
             uniforms = torch.stack(
@@ -340,14 +335,9 @@ class JanusAdapter:
         model, spec, device = self._base(), self.spec, self.device
         tokenized = {q: self.und_prompt_ids(q) for q in dict.fromkeys(questions)}
         ids = [tokenized[q] for q in questions]
-        width = max(map(len, ids))
+        tokens, mask = _left_pad(ids, spec.pad_token_id, device)
+        width = tokens.shape[1]
         padded = any(len(row) != width for row in ids)
-        tokens = torch.full((len(ids), width), spec.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(tokens)
-        for i, row in enumerate(ids):
-            tokens[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
-        tokens, mask = tokens.to(device), mask.to(device)
         pixels = self.pixels(images, size=model.config.vision_config.image_size, fit=fit)
         lm = model.model.language_model
         prefix = 0
@@ -478,6 +468,17 @@ class JanusAdapter:
             feats = model.model.get_image_features(blank)
             zero = zero + getattr(feats, "pooler_output", feats).sum() * 0.0
         return zero.float()
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any, room: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (B, W) token ids and a (B, W + room) attention mask (``room`` ones for tokens to come)."""
+    width = max(map(len, rows))
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width + room), dtype=torch.long)
+    for i, row in enumerate(rows):
+        tokens[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+    return tokens.to(device), mask.to(device)
 
 
 def _can_step_layers(lm: Any) -> bool:
