@@ -1,0 +1,206 @@
+"""ShapesWorld: the oracle agrees with the renderer, rejects perturbed images, splits are disjoint, all seeded."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+from unigap.prompts import load_prompt_file
+from unigap.selfplay import DEFAULT_QUESTION
+from unigap.shapesworld.data import (
+    CAPTION_QUESTION,
+    NO,
+    YES,
+    edit_scene,
+    eval_item,
+    flip,
+    near_miss,
+    neighbour_queries,
+    training_item,
+    write_prompt_files,
+)
+from unigap.shapesworld.world import (
+    CELL,
+    LEVELS,
+    PALETTE,
+    SIZE,
+    Obj,
+    Query,
+    all_queries,
+    caption,
+    make_splits,
+    oracle,
+    parse_image,
+    parse_prompt,
+    render,
+    render_scene,
+    sample_scene,
+    satisfies,
+)
+
+QUERIES = all_queries()
+
+
+def test_prompt_universe_and_grammar():
+    assert len(QUERIES) == len({q.text for q in QUERIES}) == len({q.id for q in QUERIES})
+    assert {q.level for q in QUERIES} == set(LEVELS)
+    for q in QUERIES:
+        assert parse_prompt(q.text) == q
+    assert parse_prompt("two red bars") == Query((("red", "bar"), ("red", "bar")))
+    assert parse_prompt("a green square above a blue bar").relation == "above"
+    for bad in (
+        "a purple square",
+        "three red bars",
+        "a red square left of a red square",
+        "a red square near a bar",
+        "",
+    ):
+        with pytest.raises(ValueError):
+            parse_prompt(bad)
+
+
+def test_oracle_agrees_with_renderer_on_thousands_of_images():
+    rng = random.Random(1)
+    for i in range(3000):
+        query = QUERIES[i % len(QUERIES)]
+        image, scene = render(query, rng)
+        assert image.shape == (SIZE, SIZE, 3) and image.dtype == np.uint8
+        assert oracle(image, query) and oracle(image, query.text), (query.text, scene)
+        assert sorted(parse_image(image), key=lambda o: (o.row, o.col)) == sorted(scene, key=lambda o: (o.row, o.col))
+        # the oracle reads a saved PNG exactly like the array
+        if i % 500 == 0:
+            assert oracle(Image.fromarray(image), query)
+
+
+def test_render_gives_many_variants_per_prompt():
+    rng = random.Random(2)
+    for query in (QUERIES[0], QUERIES[10], QUERIES[-1]):
+        variants = {render(query, rng)[0].tobytes() for _ in range(60)}
+        assert len(variants) >= 5, query.text
+
+
+def test_oracle_rejects_wrong_colour_count_shape_and_relation():
+    red_sq, blue_bar = Obj("red", "square", 0, 0), Obj("blue", "bar", 2, 2)
+    left = Query((("red", "square"), ("blue", "bar")), "left of")
+    above = Query((("red", "square"), ("blue", "bar")), "above")
+    assert oracle(render_scene([red_sq, blue_bar]), left) and oracle(render_scene([red_sq, blue_bar]), above)
+    # wrong colour, wrong shape, an extra object, a missing object
+    assert not oracle(render_scene([Obj("green", "square", 0, 0), blue_bar]), left)
+    assert not oracle(render_scene([Obj("red", "bar", 0, 0), blue_bar]), left)
+    assert not oracle(render_scene([red_sq, blue_bar, Obj("green", "square", 3, 0)]), left)
+    assert not oracle(render_scene([red_sq]), left)
+    # wrong position: mirrored left-right breaks "left of" but keeps "above"; top-bottom the other way round
+    assert not oracle(render_scene(flip([red_sq, blue_bar], horizontal=True)), left)
+    assert oracle(render_scene(flip([red_sq, blue_bar], horizontal=True)), above)
+    assert not oracle(render_scene(flip([red_sq, blue_bar], horizontal=False)), above)
+    # same column span: neither left of nor right of
+    assert not oracle(render_scene([Obj("red", "square", 0, 2), Obj("blue", "bar", 2, 2)]), left)
+    # counting: one, two and three red squares
+    two = Query((("red", "square"), ("red", "square")))
+    assert oracle(render_scene([Obj("red", "square", 0, 0), Obj("red", "square", 2, 2)]), two)
+    assert not oracle(render_scene([Obj("red", "square", 0, 0)]), two)
+    assert not oracle(
+        render_scene([Obj("red", "square", 0, 0), Obj("red", "square", 2, 0), Obj("red", "square", 2, 2)]), two
+    )
+    # two touching squares are one bar, not two squares
+    assert not oracle(render_scene([Obj("red", "square", 0, 0), Obj("red", "square", 0, 1)]), two)
+    assert oracle(render_scene([Obj("red", "square", 0, 0), Obj("red", "square", 0, 1)]), "a red bar")
+
+
+def test_oracle_rejects_malformed_and_unreadable_pixels():
+    image = render_scene([Obj("red", "bar", 1, 1)])
+    assert oracle(image, "a red bar")
+    l_shape = image.copy()
+    l_shape[2 * CELL : 3 * CELL, CELL : 2 * CELL] = PALETTE["red"]  # a bar with a cell hanging below it
+    assert parse_image(l_shape) is None and not oracle(l_shape, "a red bar")
+    vertical = render_scene([Obj("red", "square", 1, 1), Obj("red", "square", 2, 1)])
+    assert parse_image(vertical) is None  # a 2x1 column is not a shape of this world
+    grey = image.copy()
+    grey[:CELL, :CELL] = 128  # no palette colour is near grey
+    assert parse_image(grey) is None and not oracle(grey, "a red bar")
+    noisy = image.astype(np.int16) + np.random.default_rng(0).integers(-40, 41, image.shape)
+    assert oracle(np.clip(noisy, 0, 255).astype(np.uint8), "a red bar")  # small noise is read through
+
+
+def test_random_perturbations_are_rejected():
+    rng = random.Random(3)
+    for i in range(600):
+        query = QUERIES[i % len(QUERIES)]
+        scene = near_miss(query, rng)
+        assert not oracle(render_scene(scene), query), (query.text, scene)
+        # every edit that changes the content of the scene is caught
+        base = sample_scene(query, rng)
+        for edit in ("recolour", "reshape", "add", "drop"):
+            changed = edit_scene(base, edit, rng)
+            if changed is not None:
+                assert oracle(render_scene(changed), query) == satisfies(changed, query)
+                assert not oracle(render_scene(changed), query), (query.text, edit, changed)
+
+
+def test_splits_are_disjoint_cover_every_level_and_are_seeded():
+    splits = make_splits(0)
+    texts = [{q.text for q in splits.of(name)} for name in ("train", "val", "test")]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    assert sum(map(len, texts)) == len(QUERIES)
+    for name in ("train", "val", "test"):
+        assert {q.level for q in splits.of(name)} == set(LEVELS), name
+    assert make_splits(0) == splits and make_splits(1) != splits
+
+
+def test_generation_is_reproducible():
+    def draw(seed):
+        rng = random.Random(seed)
+        return [render(q, rng)[0].tobytes() for q in QUERIES[:20]] + [
+            repr(training_item(q, rng, QUERIES)) for q in QUERIES[:20]
+        ]
+
+    assert draw(5) == draw(5) and draw(5) != draw(6)
+
+
+def test_understanding_items_are_exactly_labelled_and_stay_in_their_split():
+    rng = random.Random(4)
+    splits = make_splits(0)
+    allowed = set(splits.train)
+    answers = []
+    for i in range(400):
+        query = splits.train[i % len(splits.train)]
+        item = training_item(query, rng, splits.train, hardness=(i % 5) / 4)
+        asked = parse_prompt(item.question.removeprefix("Does this image show ").removesuffix("?"))
+        assert item.question == DEFAULT_QUESTION.format(prompt=asked.text)
+        assert asked in allowed  # a training question never names a held-out prompt
+        assert item.answer == (YES if oracle(render_scene(item.scene), asked) else NO)
+        answers.append(item.answer)
+    assert 0.4 < answers.count(YES) / len(answers) < 0.65
+    for i, query in enumerate(splits.test):
+        pos, neg = eval_item(query, rng, True), eval_item(query, rng, False)
+        assert (pos.answer, neg.answer) == (YES, NO)
+        assert pos.question == neg.question == DEFAULT_QUESTION.format(prompt=query.text)
+    # hard negatives are one edit away
+    hard = Query((("red", "square"), ("blue", "bar")), "left of")
+    texts = {q.text for q in neighbour_queries(hard)}
+    assert {
+        "a blue bar left of a red square",
+        "a red square above a blue bar",
+        "a green square left of a blue bar",
+    } <= texts
+    assert hard.text not in texts
+
+
+def test_caption_is_canonical():
+    scene = [Obj("blue", "bar", 2, 1), Obj("red", "square", 0, 3)]
+    assert caption(scene) == caption(scene[::-1]) == "red square at 0 3; blue bar at 2 1."
+    assert CAPTION_QUESTION.endswith(".")
+
+
+def test_prompt_files_load_in_selfplay(tmp_path):
+    splits = make_splits(0)
+    paths = write_prompt_files(splits, tmp_path)
+    for name, path in paths.items():
+        prompts = load_prompt_file(path)
+        assert [p.text for p in prompts] == [q.text for q in splits.of(name)]
+        assert all(p.difficulty in LEVELS and p.category for p in prompts)
+        row = json.loads(path.read_text().splitlines()[0])
+        assert set(row) == {"id", "prompt", "difficulty", "category"}
