@@ -7,7 +7,7 @@ Layout written (``DATASET_DIR`` is ``--out``)::
       NAME/
         data.jsonl             generation SFT rows, or DPO rows (``ranking: true``)
         und.jsonl              sft --with-und: understanding rows (entry NAME_und)
-        discard_pool.jsonl     prompts with no accepted candidate (one line each)
+        discard_pool.jsonl     prompts with no accepted candidate (one line each): what C-SFT replays
         manifest.json          source runs (fingerprints, records sha256), options, counts per difficulty
         images/000012-003.png  + 000012-003.codes.npy, hard-linked from the run (or copied)
 
@@ -27,6 +27,12 @@ or ``p_yes >= --threshold`` when given):
 
 Ties in P(yes) are broken by candidate number (lower first), so builds are
 deterministic.
+
+Every row also carries a ``unigap`` object (ignored by the host, which keeps only
+the columns named in ``dataset_info.json``): the prompt id and text, the row's
+own image path (its identity), difficulty, category, and the prompt's
+self-score in the run (acceptance rate, mean P(yes)) plus the row's P(yes).
+unigap's curriculum sampler reads it (``unigap.curriculum``).
 """
 
 from __future__ import annotations
@@ -48,6 +54,24 @@ DATA_FILE = "data.jsonl"
 UND_FILE = "und.jsonl"
 DISCARD_FILE = "discard_pool.jsonl"
 IMAGES = "images"
+#: the key of the curriculum metadata inside each row
+META_KEY = "unigap"
+
+
+def row_meta(group: PromptGroup, cand: Candidate, image: str, accepted: Callable[[Candidate], bool]) -> dict[str, Any]:
+    """What the curriculum sampler needs to know about a row (keyed by the row's own image)."""
+    first = group.first
+    cands = group.candidates
+    return {
+        "prompt_id": first["prompt_id"],
+        "prompt": first["prompt"],
+        "image": image,
+        "difficulty": first["difficulty"],
+        "category": first["category"],
+        "acceptance": sum(1 for c in cands if accepted(c)) / len(cands),
+        "mean_p_yes": sum(c.p for c in cands) / len(cands),
+        "p_yes": cand.p,
+    }
 
 
 @dataclass
@@ -205,6 +229,7 @@ class _Build:
 
     def discard(self, group: PromptGroup) -> None:
         first = group.first
+        cands = group.candidates
         self.write(
             "discard",
             {
@@ -213,11 +238,26 @@ class _Build:
                 "prompt": first["prompt"],
                 "difficulty": first["difficulty"],
                 "category": first["category"],
-                "best_p_yes": max(c.p for c in group.candidates),
-                "num_candidates": len(group.candidates),
+                "best_p_yes": max(c.p for c in cands),
+                "mean_p_yes": sum(c.p for c in cands) / len(cands),
+                "acceptance": 0.0,
+                "num_candidates": len(cands),
                 **({"run": self.runs.index(group.run)} if len(self.runs) > 1 else {}),
             },
         )
+
+
+#: self-play settings C-SFT replay reuses unless its YAML says otherwise
+REPLAY_KEYS = ("num_candidates", "cfg_scale", "temperature", "top_k", "top_p", "seed")
+
+
+def replay_defaults(run: RunSource, threshold: float | None) -> dict[str, Any]:
+    """The judge and sampling settings of the (first) source run; the build's threshold wins when given."""
+    config = run.meta.get("config") or {}
+    out = {key: config.get(key) for key in REPLAY_KEYS}
+    out["judge_question"] = run.question
+    out["judge_threshold"] = run.threshold if threshold is None else threshold
+    return out
 
 
 def _totals(by_difficulty: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -273,6 +313,7 @@ def _run_build(
             "files": {key: fname for key, fname in file_keys.items()},
             "sources": [run.describe() for run in runs],
             "options": {**asdict(options), "allow_partial": allow_partial, "copy": copy},
+            "replay_defaults": replay_defaults(runs[0], options.threshold),
             "counts": {"total": totals, "by_difficulty": build.by_difficulty},
             "image_files": dict(build.transfers),
         }
@@ -309,13 +350,17 @@ def build_sft(
         n_acc = sum(1 for c in cands if accepted(c))
         rows = select_sft(cands, accepted, opts)
         for cand in rows:
-            build.write("data", gen_sft_row(cand.record["prompt"], build.place(group, cand)))
+            image = build.place(group, cand)
+            row = gen_sft_row(cand.record["prompt"], image)
+            build.write("data", {**row, META_KEY: row_meta(group, cand, image, accepted)})
         und = 0
         if opts.with_und:
             question = group.run.question.format(prompt=group.first["prompt"])
             for cand in cands:
                 answer = "Yes" if accepted(cand) else "No"
-                build.write("und", und_sft_row(build.place(group, cand), question, answer))
+                image = build.place(group, cand)
+                row = und_sft_row(image, question, answer)
+                build.write("und", {**row, META_KEY: row_meta(group, cand, image, accepted)})
                 und += 1
         if not n_acc:
             build.discard(group)
@@ -353,7 +398,9 @@ def build_dpo(
         pairs = select_pairs(cands, accepted, opts)
         prompt = group.first["prompt"]
         for chosen, rejected in pairs:
-            build.write("data", gen_dpo_row(prompt, build.place(group, chosen), build.place(group, rejected)))
+            image = build.place(group, chosen)
+            row = gen_dpo_row(prompt, image, build.place(group, rejected))
+            build.write("data", {**row, META_KEY: row_meta(group, chosen, image, accepted)})
         if not n_acc:
             build.discard(group)
         build.count(

@@ -25,6 +25,7 @@ HOOKED = frozenset(
         "llamafactory.data.mm_plugin",
         "llamafactory.data.template",
         "llamafactory.data.processor",
+        "llamafactory.data.loader",
         "llamafactory.hparams.parser",
         "llamafactory.model.model_utils.visual",
         "llamafactory.model.loader",

@@ -312,8 +312,72 @@ def _build_args() -> type:
             },
         )
 
+        # -- curriculum sampler (unigap.curriculum)
+        curriculum_difficulty: str = field(
+            default="none",
+            metadata={"help": "unigap curriculum: where a row's difficulty comes from: none (the host's sampler), "
+                      "label (the prompt's difficulty label), acceptance or p_yes (the prompt's self-score in the "
+                      "self-play run: share of accepted candidates / mean P(yes); higher = easier)."},
+        )
+        curriculum_pacing: str = field(
+            default="linear",
+            metadata={"help": "unigap curriculum: linear / sqrt (share of the easiest rows that may be drawn grows "
+                      "from curriculum_start to 1 at curriculum_full_at of training), step (one difficulty stage "
+                      "after another), order (every epoch easy to hard, no pacing)."},
+        )
+        curriculum_start: float = field(default=0.2, metadata={"help": "unigap curriculum: share open at step 0."})
+        curriculum_full_at: float = field(
+            default=0.5, metadata={"help": "unigap curriculum: share of training after which every row is open."}
+        )
+        curriculum_levels: str | None = field(
+            default=None,
+            metadata={"help": "unigap curriculum: order of difficulty labels, e.g. easy,medium,hard (default: easy < "
+                      "medium < hard, then numbers, then alphabetical)."},
+        )
+        curriculum_stages: int = field(
+            default=3, metadata={"help": "unigap curriculum: stages of the step pacing for acceptance / p_yes."}
+        )
+        curriculum_unlabeled: str = field(
+            default="error",
+            metadata={"help": "unigap curriculum: rows without unigap metadata: error, easiest or hardest."},
+        )
+        # -- curriculum replay (C-SFT, unigap.replay)
+        replay_epochs: str | None = field(
+            default=None,
+            metadata={"help": "unigap replay: after how many epochs the current model retries the discard pool, "
+                      "e.g. 10 or 5,10."},
+        )
+        replay_pool: str | None = field(
+            default=None,
+            metadata={"help": "unigap replay: the discard pool: a dataset written by `unigap build sft` (name in "
+                      "dataset_dir or folder) or its discard_pool.jsonl."},
+        )
+        replay_num_candidates: int | None = field(default=None, metadata={"help": "unigap replay: N (default: the run's)."})
+        replay_judge_threshold: float | None = field(default=None, metadata={"help": "unigap replay (default: the build's)."})
+        replay_judge_question: str | None = field(default=None, metadata={"help": "unigap replay (default: the run's)."})
+        replay_cfg_scale: float | None = field(default=None, metadata={"help": "unigap replay (default: the run's)."})
+        replay_temperature: float | None = field(default=None, metadata={"help": "unigap replay (default: the run's)."})
+        replay_top_k: int | None = field(default=None, metadata={"help": "unigap replay (default: the run's)."})
+        replay_top_p: float | None = field(default=None, metadata={"help": "unigap replay (default: the run's)."})
+        replay_seed: int | None = field(
+            default=None, metadata={"help": "unigap replay: base seed; epoch E draws with seed + E (default: the run's)."}
+        )
+        replay_batch_size: int = field(default=16, metadata={"help": "unigap replay: images drawn per batch."})
+
         def __post_init__(self):
             super().__post_init__()
+            from .curriculum import CurriculumConfig, parse_levels
+            from .replay import parse_epochs
+
+            CurriculumConfig(
+                difficulty=self.curriculum_difficulty, pacing=self.curriculum_pacing,
+                start=float(self.curriculum_start), full_at=float(self.curriculum_full_at),
+                levels=parse_levels(self.curriculum_levels), stages=int(self.curriculum_stages),
+                unlabeled=self.curriculum_unlabeled,
+            ).validate()
+            self.replay_epochs = ",".join(str(e) for e in parse_epochs(self.replay_epochs)) or None
+            if self.replay_epochs and not self.replay_pool:
+                raise ValueError("replay_epochs is set but replay_pool is not: name the discard pool to replay")
             if not 0.0 <= self.gen_prompt_dropout < 1.0:
                 raise ValueError(f"gen_prompt_dropout must be in [0, 1), got {self.gen_prompt_dropout}")
             if self.gen_loss_weight < 0:
@@ -335,6 +399,62 @@ def _unknown_keys_error(parser, args: dict) -> ValueError | None:
         hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
     source = next((a for a in sys.argv[1:2] if a.endswith((".yaml", ".yml", ".json"))), "the arguments")
     return ValueError(f"unknown key(s) in {source}: {', '.join(hints)}")
+
+
+# ----------------------------------------------------------------------------- the host's data pipeline
+#: the training set's processor and data arguments, captured while the host tokenizes it (replay reuses them)
+_TRAIN_DATA: dict[str, Any] = {}
+
+
+def _tokenize_rows(rows: list[dict[str, Any]], ranking: bool) -> list[dict[str, Any]]:
+    """sharegpt rows -> tokenized rows, through the host's own converter and the run's own processor."""
+    from llamafactory.data.converter import get_dataset_converter
+    from llamafactory.data.parser import DatasetAttr
+
+    from .data_builders.sharegpt import dataset_info_entry
+
+    data_args, processor = _TRAIN_DATA["data_args"], _TRAIN_DATA["processor"]
+    attr = DatasetAttr("file", dataset_name="unigap_replay")
+    attr.join(dataset_info_entry("data.jsonl", ranking=ranking))
+    convert = get_dataset_converter(attr.formatting, attr, data_args)
+    aligned = [convert({k: v for k, v in row.items() if k != "unigap"}) for row in rows]
+    batch = {key: [a[key] for a in aligned] for key in aligned[0]}
+    out = processor.preprocess_dataset(batch)
+    keys = list(out)
+    return [{key: out[key][i] for key in keys} for i in range(len(out[keys[0]]) if keys else 0)]
+
+
+def _make_curriculum(trainer, ranking: bool):
+    """The curriculum sampler / replay for this trainer, or None when the YAML asks for neither."""
+    from .train_curriculum import DataContext, TrainingCurriculum, wanted
+
+    fa = trainer.finetuning_args
+    if not wanted(fa):
+        return None
+    if trainer._unigap is None:
+        raise ValueError("curriculum_difficulty / replay_epochs are unigap options for unified models (template: janus)")
+    data = None
+    if _TRAIN_DATA:
+        da = _TRAIN_DATA["data_args"]
+        data = DataContext(
+            dataset_names=list(da.dataset or []),
+            dataset_dir=da.dataset_dir,
+            media_dir=da.media_dir or da.dataset_dir,
+            packing=bool(da.packing),
+            streaming=bool(da.streaming),
+            tokenize=_tokenize_rows,
+        )
+    return TrainingCurriculum(trainer, fa, data, trainer._unigap, ranking, _logger().info_rank0)
+
+
+def _checkpoint_path(args, resume_from_checkpoint) -> str | None:
+    if isinstance(resume_from_checkpoint, bool):
+        if not resume_from_checkpoint:
+            return None
+        from transformers.trainer_utils import get_last_checkpoint
+
+        return get_last_checkpoint(args.output_dir)
+    return resume_from_checkpoint
 
 
 # ----------------------------------------------------------------------------- trainers
@@ -368,6 +488,17 @@ def _build_sft_trainer() -> type:
                 if getattr(self.finetuning_args, flag, False):
                     raise ValueError(f"{flag} is not supported for unified-model training by unigap")
             self._unigap_stats = RunningStats()
+            self._unigap_cur = _make_curriculum(self, ranking=False)
+
+        def _get_train_sampler(self, *args, **kwargs):
+            if getattr(self, "_unigap_cur", None) is not None:
+                return self._unigap_cur.sampler()
+            return super()._get_train_sampler(*args, **kwargs)
+
+        def train(self, resume_from_checkpoint=None, *args, **kwargs):
+            if getattr(self, "_unigap_cur", None) is not None:
+                self._unigap_cur.restore(_checkpoint_path(self.args, resume_from_checkpoint))
+            return super().train(resume_from_checkpoint, *args, **kwargs)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):
             if self._unigap is None:
@@ -389,6 +520,8 @@ def _build_sft_trainer() -> type:
             if self._unigap is not None and "loss" in logs:  # every rank logs at the same steps
                 totals = self.accelerator.reduce(self._unigap_stats.take().to(self.args.device), reduction="sum")
                 logs.update(RunningStats.summarize(totals.cpu()))
+                if self._unigap_cur is not None:
+                    logs.update(self._unigap_cur.log_values())
             return super().log(logs, *args, **kwargs)
 
     return _named(UnifiedSeq2SeqTrainer, "UnifiedSeq2SeqTrainer")
@@ -411,6 +544,17 @@ def _build_dpo_trainer() -> type:
             self._ref_cache: dict[bytes, tuple[float, float]] | None = None
             if self._unigap is not None and finetuning_args.ld_alpha is not None:
                 raise ValueError("ld_alpha (LD-DPO) is not supported for unified-model training by unigap")
+            self._unigap_cur = _make_curriculum(self, ranking=True)
+
+        def _get_train_sampler(self, *args, **kwargs):
+            if getattr(self, "_unigap_cur", None) is not None:
+                return self._unigap_cur.sampler()
+            return super()._get_train_sampler(*args, **kwargs)
+
+        def log(self, logs, *args, **kwargs):
+            if getattr(self, "_unigap_cur", None) is not None and "loss" in logs:
+                logs.update(self._unigap_cur.log_values())
+            return super().log(logs, *args, **kwargs)
 
         def concatenated_forward(self, model, batch, is_ref_model=False):
             if self._unigap is None:
@@ -473,7 +617,10 @@ def _build_dpo_trainer() -> type:
             params = [(n, p) for n, p in base.named_parameters() if "lora_" not in n and "modules_to_save" not in n]
             return "the base weights under the adapter (adapter disabled)", params
 
-        def train(self, *args, **kwargs):
+        def train(self, resume_from_checkpoint=None, *args, **kwargs):
+            if getattr(self, "_unigap_cur", None) is not None:
+                self._unigap_cur.restore(_checkpoint_path(self.args, resume_from_checkpoint))
+            kwargs["resume_from_checkpoint"] = resume_from_checkpoint
             if self._unigap is None or not self.finetuning_args.use_ref_model:
                 return super().train(*args, **kwargs)
             kind, params = self._reference_params()
@@ -583,6 +730,29 @@ def _on_processor(mod) -> None:
     checked(pairwise, ("chosen_input_ids", "rejected_input_ids"))
 
 
+def _on_data_loader(mod) -> None:
+    get_processor = mod._get_dataset_processor
+    preprocess = mod._get_preprocessed_dataset
+    latest: dict[str, Any] = {}
+
+    def _get_dataset_processor(data_args, stage, template, tokenizer, processor, do_generate=False):
+        out = get_processor(data_args, stage, template, tokenizer, processor, do_generate=do_generate)
+        latest.update(processor=out, data_args=data_args, stage=stage)
+        return out
+
+    def _get_preprocessed_dataset(dataset, data_args, training_args, stage, template, tokenizer, processor=None,
+                                  is_eval=False):
+        latest.clear()
+        out = preprocess(dataset, data_args, training_args, stage, template, tokenizer, processor, is_eval=is_eval)
+        if not is_eval and latest:
+            _TRAIN_DATA.clear()
+            _TRAIN_DATA.update(latest)
+        return out
+
+    mod._get_dataset_processor = _get_dataset_processor
+    mod._get_preprocessed_dataset = _get_preprocessed_dataset
+
+
 def _on_parser(mod) -> None:
     from llamafactory.hparams.finetuning_args import FinetuningArguments
 
@@ -667,6 +837,7 @@ _HANDLERS: dict[str, Callable[[Any], None]] = {
     "llamafactory.data.mm_plugin": _on_mm_plugin,
     "llamafactory.data.template": _on_template,
     "llamafactory.data.processor": _on_processor,
+    "llamafactory.data.loader": _on_data_loader,
     "llamafactory.hparams.parser": _on_parser,
     "llamafactory.model.model_utils.visual": _on_visual,
     "llamafactory.model.loader": _on_loader,

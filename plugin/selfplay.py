@@ -31,7 +31,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from . import __version__
 from .codes import save_gen_image
@@ -381,55 +381,89 @@ def run_selfplay(config: SelfPlayConfig) -> dict[str, Any]:
         dist.close()
 
 
+def draw(
+    adapter: Any,
+    prompts: Sequence[tuple[str, str]],
+    *,
+    num_candidates: int,
+    seed: int,
+    cfg_scale: float,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    batch_size: int,
+    on_batch: Any = None,
+) -> Iterator[tuple[int, Any]]:
+    """Draw ``num_candidates`` images for each ``(prompt id, text)``, in batches of ``batch_size`` rows.
+
+    Yields ``(position, codes)`` with a prompt's (N, tokens) codes as soon as all
+    N are drawn.  Candidate ``k`` of prompt ``id`` is drawn with
+    :func:`candidate_seed` ``(seed, id, k)``, so the codes do not depend on the
+    batching.  ``on_batch(rows)`` is called after each batch (progress bars).
+    """
+    import torch
+
+    jobs = [(i, k) for i in range(len(prompts)) for k in range(num_candidates)]
+    drawn: dict[int, list[Any]] = {}
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        codes = adapter.generate(
+            [prompts[i][1] for i, _ in chunk],
+            seeds=[candidate_seed(seed, prompts[i][0], k) for i, k in chunk],
+            cfg_scale=cfg_scale,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        ).cpu()
+        for (i, _k), row in zip(chunk, codes):
+            drawn.setdefault(i, []).append(row)
+            if len(drawn[i]) == num_candidates:
+                yield i, torch.stack(drawn.pop(i))
+        if on_batch is not None:
+            on_batch(len(chunk))
+
+
+def judge_candidates(adapter: Any, codes: Any, question: str) -> tuple[list[Any], list[float]]:
+    """Decode one prompt's candidates and judge them together (a fixed batch: batch-invariant results)."""
+    images = adapter.decode_codes(codes)
+    p_yes = adapter.judge(images, [question] * len(images)).float().cpu().tolist()
+    return images, p_yes
+
+
 def _draw_and_judge(adapter, config, prompts, mine, out, meta, dist, resumed: int) -> None:
     n = config.num_candidates
-    jobs = [(i, k) for i in mine for k in range(n)]
     bar = None
     if config.progress and dist.rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(
-            total=len(jobs),
+            total=len(mine) * n,
             unit="img",
             desc="self-play" + (f" rank 0/{dist.world}" if dist.world > 1 else ""),
             dynamic_ncols=True,
         )
         if resumed:
             bar.write(f"unigap selfplay: resuming, {resumed} of {len(prompts)} prompts already done")
-    drawn: dict[int, list[Any]] = {}
     judged = accepted = 0
-    for start in range(0, len(jobs), config.batch_size):
-        chunk = jobs[start : start + config.batch_size]
-        codes = adapter.generate(
-            [prompts[i].text for i, _ in chunk],
-            seeds=[candidate_seed(config.seed, prompts[i].id, k) for i, k in chunk],
-            cfg_scale=config.cfg_scale,
-            temperature=config.temperature,
-            top_k=config.top_k,
-            top_p=config.top_p,
-        ).cpu()
-        for (i, k), row in zip(chunk, codes):
-            drawn.setdefault(i, []).append(row)
-            if len(drawn[i]) == n:
-                got = _finish_prompt(adapter, config, prompts[i], i, drawn.pop(i), out, meta)
-                judged += n
-                accepted += got
-                if bar is not None:
-                    bar.set_postfix(accept=f"{accepted / judged:.1%}", refresh=False)
+    todo = [(prompts[i].id, prompts[i].text) for i in mine]
+    for pos, codes in draw(
+        adapter, todo, num_candidates=n, seed=config.seed, cfg_scale=config.cfg_scale,
+        temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, batch_size=config.batch_size,
+        on_batch=None if bar is None else bar.update,
+    ):
+        i = mine[pos]
+        accepted += _finish_prompt(adapter, config, prompts[i], i, codes, out, meta)
+        judged += n
         if bar is not None:
-            bar.update(len(chunk))
+            bar.set_postfix(accept=f"{accepted / judged:.1%}", refresh=False)
     if bar is not None:
         bar.close()
 
 
-def _finish_prompt(adapter, config, prompt: Prompt, index: int, rows, out: Path, meta) -> int:
+def _finish_prompt(adapter, config, prompt: Prompt, index: int, codes, out: Path, meta) -> int:
     """Decode and judge one prompt's candidates together, write them, then publish its records."""
-    import torch
-
-    codes = torch.stack(rows)
-    images = adapter.decode_codes(codes)
     question = config.judge_question.format(prompt=prompt.text)
-    p_yes = adapter.judge(images, [question] * len(images)).float().cpu().tolist()
+    images, p_yes = judge_candidates(adapter, codes, question)
     lines, accepted = [], 0
     for k, (image, code_row, p) in enumerate(zip(images, codes.tolist(), p_yes)):
         save_gen_image(out / image_name(index, k), image, code_row)

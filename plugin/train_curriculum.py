@@ -1,0 +1,400 @@
+"""The curriculum sampler and C-SFT replay inside a (transformers) Trainer run.
+
+The bridge builds one :class:`TrainingCurriculum` per trainer when the YAML
+asks for ``curriculum_difficulty`` or ``replay_epochs``; this module only
+speaks to the Trainer's public surface (sampler, callbacks, ``log``), and gets
+everything host-specific (the host's data arguments and a function that
+tokenizes rows exactly like the host does) from the bridge.
+
+Step count and learning-rate schedule: an epoch is always as many samples as
+the original training set, so the host's planned number of steps and its
+schedule are unchanged when replay adds rows; later epochs draw that many
+samples from the larger set (and the curriculum places the added rows by
+their prompt's difficulty).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .curriculum import (
+    Alignment,
+    CurriculumConfig,
+    CurriculumError,
+    CurriculumSampler,
+    RowMeta,
+    align,
+    data_files,
+    difficulty_of,
+    meta_from_pool,
+    parse_levels,
+    read_metadata,
+)
+from .fsutil import write_text_atomic
+from .replay import (
+    REPLAY_DIR,
+    ReplayError,
+    ReplayState,
+    build_rows,
+    draw_pool,
+    load_pool,
+    resolve_settings,
+    write_epoch_files,
+    write_images,
+)
+
+CURRICULUM_FILE = "unigap_curriculum.json"
+RECORD_ENV = "UNIGAP_RECORD_ORDER"
+
+
+@dataclass
+class DataContext:
+    """What the bridge captured from the host's data pipeline."""
+
+    dataset_names: list[str]
+    dataset_dir: str
+    media_dir: str
+    packing: bool
+    streaming: bool
+    #: rows (sharegpt dicts) -> tokenized rows, by the host's converter and processor
+    tokenize: Callable[[list[dict[str, Any]], bool], list[dict[str, Any]]] | None
+
+
+class ExtendedDataset(torch.utils.data.Dataset):
+    """The host's tokenized training set plus the rows replay added (same columns)."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.extra: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.base) + len(self.extra)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        n = len(self.base)
+        return self.base[index] if index < n else self.extra[index - n]
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.base.column_names)
+
+
+def curriculum_config(fa: Any, seed: int) -> CurriculumConfig:
+    config = CurriculumConfig(
+        difficulty=fa.curriculum_difficulty,
+        pacing=fa.curriculum_pacing,
+        start=float(fa.curriculum_start),
+        full_at=float(fa.curriculum_full_at),
+        levels=parse_levels(fa.curriculum_levels),
+        stages=int(fa.curriculum_stages),
+        unlabeled=fa.curriculum_unlabeled,
+        seed=seed,
+    )
+    config.validate()
+    return config
+
+
+def wanted(fa: Any) -> bool:
+    return getattr(fa, "curriculum_difficulty", "none") != "none" or bool(getattr(fa, "replay_epochs", None))
+
+
+class TrainingCurriculum:
+    def __init__(self, trainer: Any, fa: Any, data: DataContext | None, adapter: Any, ranking: bool,
+                 log: Callable[[str], None]) -> None:
+        self.trainer = trainer
+        self.args = trainer.args
+        self.adapter = adapter
+        self.ranking = ranking
+        self.log = log
+        self.config = curriculum_config(fa, int(trainer.args.seed))
+        if data is None:
+            raise CurriculumError("the curriculum needs the host to tokenize the dataset in this run "
+                                  "(tokenized_path is not supported with curriculum_difficulty / replay_epochs)")
+        if data.packing or data.streaming:
+            raise CurriculumError("curriculum_difficulty / replay_epochs need unpacked, non-streaming data "
+                                  "(set packing: false and streaming: false)")
+        self.data = data
+        self.sampler_: CurriculumSampler | None = None
+        self.base_len = len(trainer.train_dataset)
+        self.base_metas: list[RowMeta | None] | None = None
+        self.bare: list[str] = []
+        self.added_metas: list[RowMeta] = []
+        self.replay = None
+        self.state = ReplayState()
+        self._last_stage = -1
+        if fa.replay_epochs:
+            yaml_values = {
+                key: getattr(fa, f"replay_{key}")
+                for key in ("num_candidates", "judge_threshold", "judge_question", "cfg_scale", "temperature",
+                            "top_k", "top_p", "seed")
+            }
+            self.replay = resolve_settings(yaml_values, fa.replay_epochs, fa.replay_pool, data.dataset_dir,
+                                           fa.replay_batch_size)
+            if data.tokenize is None:
+                raise ReplayError("replay needs the host's dataset processor, which this run did not create")
+            self._check_parallelism(trainer)
+            self.pool_entries = load_pool(self.replay.pool)
+            self.state.pool = [e["prompt_id"] for e in self.pool_entries]
+            trainer.train_dataset = ExtendedDataset(trainer.train_dataset)
+        from transformers import TrainerCallback
+
+        owner = self
+
+        class _Callback(TrainerCallback):
+            def on_epoch_begin(self, args, state, control, **kwargs):
+                owner.on_epoch_begin(state)
+
+            def on_save(self, args, state, control, **kwargs):
+                owner.on_save(state)
+
+            def on_train_end(self, args, state, control, **kwargs):
+                owner.on_train_end(state)
+
+        trainer.add_callback(_Callback())
+
+    @staticmethod
+    def _check_parallelism(trainer: Any) -> None:
+        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        if plugin is not None and getattr(plugin, "zero_stage", 0) == 3:
+            raise ReplayError("replay_epochs does not support DeepSpeed ZeRO-3 (the model generates images during "
+                              "training and needs whole parameters); use ZeRO-2 or DDP")
+        if getattr(trainer, "is_fsdp_enabled", False):
+            raise ReplayError("replay_epochs does not support FSDP; use DDP or DeepSpeed ZeRO-2")
+
+    # ------------------------------------------------------------------ metadata and the sampler
+    def _gen_codes_check(self) -> Callable[[Sequence[int], str], str | None]:
+        from .codes import GenImageError, load_gen_target
+
+        spec = self.adapter.spec
+
+        def check(ids: Sequence[int], path: str) -> str | None:
+            ids = np.asarray(ids)
+            gen = ids[ids >= spec.gen_offset] - spec.gen_offset
+            if gen.size == 0:
+                return None  # an understanding row: the image path is its identity
+            try:
+                codes = np.asarray(load_gen_target(path, spec))
+            except GenImageError as err:
+                return str(err)
+            if gen.size < codes.size or not np.array_equal(gen[: codes.size], codes):
+                return f"the image codes in the tokens are not the codes of {path}"
+            return None
+
+        return check
+
+    def _align_base(self) -> None:
+        if self.base_metas is not None:
+            return
+        base = self.trainer.train_dataset
+        base = base.base if isinstance(base, ExtendedDataset) else base
+        if not self.config.active:
+            self.base_metas = [None] * self.base_len
+            return
+        table, self.bare = read_metadata(data_files(self.data.dataset_names, self.data.dataset_dir),
+                                         self.data.media_dir)
+        ids_key = "chosen_input_ids" if self.ranking else "input_ids"
+        metas: list[RowMeta | None] = []
+        check = self._gen_codes_check()
+        for batch in base.select_columns(["images", ids_key]).iter(batch_size=1024):
+            got: Alignment = align(batch["images"], batch[ids_key], table, gen_codes=check, start=len(metas))
+            metas += got.metas
+        self.base_metas = metas
+
+    def _scores(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        metas = list(self.base_metas or []) + list(self.added_metas)
+        if not self.config.active:
+            n = len(metas)
+            return np.zeros(n), np.zeros(n, dtype=np.int64), ["all"]
+        return difficulty_of(metas, self.config, self.bare)
+
+    def total_samples(self) -> int:
+        args = self.args
+        if args.max_steps and args.max_steps > 0:
+            world = max(getattr(args, "world_size", 1), 1)
+            return int(args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world)
+        return int(math.ceil(float(args.num_train_epochs) * self.base_len))
+
+    def sampler(self) -> CurriculumSampler:
+        if self.sampler_ is not None:
+            return self.sampler_
+        self._align_base()
+        scores, stages, names = self._scores()
+        self.stage_names = names
+        pacing = self.config.effective_pacing
+        self.sampler_ = CurriculumSampler(
+            scores, stages, pacing=pacing, start=self.config.start, full_at=self.config.full_at,
+            epoch_len=self.base_len, total_samples=self.total_samples(), seed=self.config.seed,
+        )
+        self.sampler_.record = os.environ.get(RECORD_ENV, "") == "1"
+        if self.config.active:
+            counts = np.bincount(stages, minlength=len(names))
+            self.log(
+                f"unigap curriculum: {len(scores)} rows by {self.config.difficulty} "
+                f"({', '.join(f'{n}: {c}' for n, c in zip(names, counts))}); pacing {pacing}"
+                + ("" if pacing == "order" else
+                   f", {self.sampler_.share_at(0.0):.0%} of the rows open at the start, all by "
+                   f"{self.config.full_at:.0%} of training")
+            )
+        return self.sampler_
+
+    def _refresh_sampler(self) -> None:
+        if self.sampler_ is not None:
+            scores, stages, _names = self._scores()
+            self.sampler_.set_rows(scores, stages)
+
+    # ------------------------------------------------------------------ log values
+    def progress(self) -> float:
+        state = self.trainer.state
+        return state.global_step / state.max_steps if state.max_steps else 0.0
+
+    def log_values(self) -> dict[str, float]:
+        if self.sampler_ is None or not self.config.active:
+            return {}
+        t = self.progress()
+        stage = self.sampler_.stage_at(t)
+        if stage != self._last_stage:
+            self._last_stage = stage
+            self.log(f"unigap curriculum: step {self.trainer.state.global_step}: training on "
+                     f"{self.sampler_.share_at(t):.0%} of the rows, up to {self.stage_names[stage]}")
+        return {"curriculum_share": round(self.sampler_.share_at(t), 4), "curriculum_stage": float(stage)}
+
+    # ------------------------------------------------------------------ replay
+    def _add(self, added: list[dict[str, Any]]) -> None:
+        dataset = self.trainer.train_dataset
+        for item in added:
+            dataset.extra.append(item["tokens"])
+            entry = self.pool_by_id[item["prompt_id"]]
+            self.added_metas.append(meta_from_pool(entry, f"replay epoch {item['epoch']}"))
+        self._refresh_sampler()
+
+    @property
+    def pool_by_id(self) -> dict[str, dict[str, Any]]:
+        return {e["prompt_id"]: e for e in self.pool_entries}
+
+    def restore(self, checkpoint: str | None) -> None:
+        """Before a resumed run: the replays done and the rows added up to that checkpoint."""
+        if self.replay is None or not checkpoint:
+            return
+        state = ReplayState.load(checkpoint)
+        if state is None:
+            return
+        known = self.pool_by_id
+        unknown = [pid for pid in state.pool if pid not in known]
+        if unknown:
+            raise ReplayError(f"{checkpoint}: the checkpoint's replay pool has prompts {unknown[:3]} that are not in "
+                              f"{self.replay.pool}; resume with the same replay_pool")
+        self.state = ReplayState(done=list(state.done), pool=list(state.pool), added=[])
+        self.state.added = list(state.added)
+        self._add(state.added)
+        self.log(f"unigap replay: resumed with {len(state.added)} added rows from replays at epochs {state.done}")
+
+    def on_epoch_begin(self, state: Any) -> None:
+        epoch = int(math.floor(state.epoch + 1e-6))
+        if self.replay is not None:
+            for due in self.replay.epochs:
+                if due <= epoch and due not in self.state.done:
+                    self.run_replay(due)
+        if self.sampler_ is not None:
+            self.sampler_.set_epoch(epoch)
+
+    def run_replay(self, epoch: int) -> dict[str, Any]:
+        import torch.distributed as dist
+
+        trainer, settings = self.trainer, self.replay
+        assert settings is not None
+        distributed = dist.is_available() and dist.is_initialized()
+        rank = dist.get_rank() if distributed else 0
+        world = dist.get_world_size() if distributed else 1
+        pool_ids = set(self.state.pool)
+        positions = [i for i, e in enumerate(self.pool_entries) if e["prompt_id"] in pool_ids]
+        folder = Path(self.args.output_dir) / REPLAY_DIR / f"epoch_{epoch}"
+        self.log(f"unigap replay (epoch {epoch}): the current model retries {len(positions)} pool prompts, "
+                 f"{settings.num_candidates} candidates each, threshold {settings.judge_threshold}")
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        try:
+            mine = draw_pool(self.adapter, self.pool_entries, positions[rank::world], settings, epoch)
+        finally:
+            model.train(was_training)
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, mine)
+            drawn = [item for part in gathered for item in part]
+        else:
+            drawn = mine
+        drawn.sort(key=lambda d: d.position)
+        if int(getattr(self.args, "local_process_index", 0)) == 0:
+            write_images(folder, drawn, self.adapter.decode_codes)
+        if distributed:
+            dist.barrier()
+        rows, recovered, counts = build_rows(folder, self.pool_entries, drawn, settings, self.ranking)
+        tokens = self.data.tokenize(rows, self.ranking) if rows else []
+        if len(tokens) != len(rows):
+            raise ReplayError(f"the host's processor kept {len(tokens)} of {len(rows)} replayed rows "
+                              f"(see {folder}/data.jsonl); check cutoff_len")
+        added = [{"epoch": epoch, "prompt_id": r["unigap"]["prompt_id"], "row": r, "tokens": t}
+                 for r, t in zip(rows, tokens)]
+        gone = set(recovered)
+        remaining = [pid for pid in self.state.pool if pid not in gone]
+        self.state.pool = remaining
+        self.state.done = sorted(self.state.done + [epoch])
+        self.state.added += added
+        self._add(added)
+        summary = None
+        if trainer.is_world_process_zero():
+            summary = write_epoch_files(folder, epoch, self.pool_entries, drawn, rows, remaining, counts, settings,
+                                        self.ranking)
+        self.log(f"unigap replay (epoch {epoch}): tried {len(positions)} prompts, recovered {len(recovered)}, "
+                 f"added {len(rows)} rows, {len(remaining)} left in the pool; images and rows in {folder}")
+        trainer.log({
+            "replay_prompts_tried": float(len(positions)),
+            "replay_prompts_recovered": float(len(recovered)),
+            "replay_rows_added": float(len(rows)),
+            "replay_pool_left": float(len(remaining)),
+        })
+        return summary or {}
+
+    # ------------------------------------------------------------------ checkpoints and the end
+    def on_save(self, state: Any) -> None:
+        if self.replay is None or not self.trainer.is_world_process_zero():
+            return
+        folder = Path(self.args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            self.state.save(folder)
+
+    def on_train_end(self, state: Any) -> None:
+        out = Path(self.args.output_dir)
+        sampler = self.sampler_
+        if sampler is not None and sampler.record:
+            base = self.trainer.train_dataset
+            base = base.base if isinstance(base, ExtendedDataset) else base
+            keys = [images[0] if images else None for images in base["images"]]
+            keys += [item["tokens"]["images"][0] for item in self.state.added]
+            rank = int(getattr(self.args, "process_index", 0))
+            record = {"rows": keys, "scores": sampler.scores.tolist(), "stages": sampler.stages.tolist(),
+                      "epochs": [[e, idx.tolist()] for e, idx in sampler.history]}
+            write_text_atomic(out / f"unigap_order.rank{rank}.json", json.dumps(record) + "\n")
+        if not self.trainer.is_world_process_zero():
+            return
+        summary: dict[str, Any] = {"curriculum": {
+            "difficulty": self.config.difficulty, "pacing": self.config.effective_pacing,
+            "start": self.config.start, "full_at": self.config.full_at, "seed": self.config.seed,
+        }}
+        if sampler is not None and self.config.active:
+            summary["curriculum"]["stages"] = dict(zip(self.stage_names, np.bincount(
+                sampler.stages, minlength=len(self.stage_names)).tolist()))
+            summary["curriculum"]["share_at"] = {f"{t:.2f}": round(sampler.share_at(t), 4)
+                                                 for t in (0.0, 0.25, 0.5, 0.75, 1.0)}
+        if self.replay is not None:
+            summary["replay"] = {"settings": self.replay.public(), "done": self.state.done,
+                                 "rows_added": len(self.state.added), "pool_left": len(self.state.pool)}
+        write_text_atomic(out / CURRICULUM_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
