@@ -204,3 +204,41 @@ def test_prompt_files_load_in_selfplay(tmp_path):
         assert all(p.difficulty in LEVELS and p.category for p in prompts)
         row = json.loads(path.read_text().splitlines()[0])
         assert set(row) == {"id", "prompt", "difficulty", "category"}
+
+
+def test_training_dataset_rows_are_exact_and_stay_in_the_train_split(tmp_path):
+    from unigap.codes import codes_path_for, load_codes
+    from unigap.shapesworld.training_data import write_phase_dataset
+    from unigap.shapesworld.world import GRID, read_cells
+
+    splits = make_splits(0)
+    counts = write_phase_dataset(tmp_path, "p", splits.train, 3, {"yesno": 4, "caption": 2, "gen": 3}, seed=0)
+    assert counts == {"yesno": 12, "caption": 6, "gen": 9}
+    info = json.loads((tmp_path / "dataset_info.json").read_text())
+    assert info["p"]["file_name"] == "p/data.json" and info["p"]["formatting"] == "sharegpt"
+    rows = json.loads((tmp_path / "p" / "data.json").read_text())
+    assert len(rows) == 27
+    train = {q.text for q in splits.train}
+    for row in rows:
+        user, answer = (m["content"] for m in row["messages"])
+        image = np.asarray(Image.open(tmp_path / row["images"][0]).convert("RGB"))
+        if answer == "<image>":  # generation row: the prompt is a train prompt, codes = the cells of the PNG
+            assert user in train and oracle(image, user)
+            codes = load_codes(codes_path_for(tmp_path / row["images"][0]))
+            assert codes.tolist() == read_cells(image).reshape(GRID * GRID).tolist()
+        elif user.endswith(CAPTION_QUESTION):
+            assert answer == caption(parse_image(image))
+        else:
+            prompt = user.removeprefix("<image>\n").removeprefix("Does this image show ").removesuffix("?")
+            assert prompt in train and answer == (YES if oracle(image, prompt) else NO)
+
+
+def test_world_tokenizer_has_one_token_answers():
+    from unigap.models.janus import DEFAULT_SYSTEM
+    from unigap.shapesworld.model import ShapesSpec, build_world_tokenizer
+
+    tokenizer = build_world_tokenizer(ShapesSpec())
+    yes, no = (tokenizer.encode(" " + w, add_special_tokens=False) for w in (YES, NO))
+    assert len(yes) == len(no) == 1 and yes != no
+    assert len(tokenizer.encode(DEFAULT_SYSTEM, add_special_tokens=False)) < 50
+    assert len(tokenizer.encode(caption([Obj("red", "bar", 0, 0)]), add_special_tokens=False)) <= 8

@@ -259,9 +259,13 @@ def sample_scene(query: Query, rng: random.Random, tries: int = 1000) -> list[Ob
 
 def random_scene(rng: random.Random, max_objects: int = 3) -> list[Obj]:
     """Any valid scene of 0..max_objects random objects (for captions and easy negatives)."""
-    n = min(rng.choice((1, 1, 2, 2, 2, 3)), max_objects)
-    kinds = [rng.choice(all_kinds()) for _ in range(n)]
-    return random_placement(kinds, rng)
+    while True:  # some draws cannot be placed (three bars never fit apart): draw again
+        n = min(rng.choice((1, 1, 2, 2, 2, 3)), max_objects)
+        kinds = [rng.choice(all_kinds()) for _ in range(n)]
+        try:
+            return random_placement(kinds, rng, tries=200)
+        except RuntimeError:
+            continue
 
 
 # ----------------------------------------------------------------------------- pixels

@@ -1,0 +1,277 @@
+"""The ShapesWorld Janus: a small ``JanusForConditionalGeneration`` built for this world.
+
+- a byte-level BPE tokenizer trained offline on the world's own texts (so the
+  judge's system prompt, the prompts and the captions are a few tokens each);
+- a vision tower whose patch is one cell (one vision token per cell);
+- a VQ tokenizer whose codes are the palette colours (code k = palette colour k),
+  trained by the supervised shortcut the known world allows: the encoder is
+  taught the cell colours against a fixed unit-norm codebook, the decoder to draw
+  each code's colour. Unit-norm codes sidestep a trap of Janus's VQ: ``encode``
+  picks codes by unnormalised distance while ``decode`` L2-normalises them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..fsutil import atomic_directory
+from ..models.janus import DEFAULT_SYSTEM
+from ..tiny import (
+    BOI,
+    BOS,
+    CHAT_TEMPLATE,
+    EOS,
+    IMAGE,
+    PAD,
+    SPECIAL_TOKENS,
+    TinySpec,
+    _image_processor,
+    _rescale_image_paths,
+)
+from .data import CAPTION_QUESTION, NO, QUESTION, YES
+from .world import CELL, COLOURS, GRID, PALETTE, PALETTE_ARRAY, RELATIONS, SHAPES, SIZE, all_queries, grid_to_image
+
+
+@dataclass(frozen=True)
+class ShapesSpec:
+    """Sizes of the ShapesWorld Janus."""
+
+    seed: int = 0
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    vision_hidden: int = 128
+    vision_layers: int = 2
+    text_vocab: int = 512
+
+
+def world_corpus() -> list[str]:
+    """Every text the model will read or write, for the BPE tokenizer."""
+    # repeated so that BPE merges them into whole words (" Yes" and " No" must be one token each)
+    lines = [DEFAULT_SYSTEM] * 100 + [CAPTION_QUESTION] * 100 + [f" {YES}", f" {NO}"] * 500
+    for q in all_queries():
+        lines += [q.text, QUESTION.format(prompt=q.text)]
+    for colour in COLOURS:
+        for shape in SHAPES:
+            for r in range(GRID):
+                for c in range(GRID):
+                    lines.append(f"{colour} {shape} at {r} {c}; ")
+    lines += [YES, NO, "nothing.", " ".join(RELATIONS), "0123456789", "!?.,:;'\"()-_/\n"]
+    return lines
+
+
+def build_world_tokenizer(spec: ShapesSpec) -> Any:
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.text_vocab,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(world_corpus(), trainer)
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, core.token_to_id(BOS))]
+    )
+    if int(transformers.__version__.split(".")[0]) < 5:
+        from transformers import LlamaTokenizerFast as tokenizer_class
+    else:
+        from transformers import PreTrainedTokenizerFast as tokenizer_class
+    return tokenizer_class(
+        tokenizer_object=core,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=4096,
+        extra_special_tokens={"image_token": IMAGE, "boi_token": BOI, "eoi_token": "<end_of_image>"},
+    )
+
+
+def build_model(spec: ShapesSpec) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, processor): a fresh model for ShapesWorld (its VQ still untrained)."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        JanusConfig,
+        JanusForConditionalGeneration,
+        JanusProcessor,
+        JanusVisionConfig,
+        JanusVQVAEConfig,
+        LlamaConfig,
+    )
+
+    tokenizer = build_world_tokenizer(spec)
+    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=2 * spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=512,
+        bos_token_id=ids[BOS],
+        eos_token_id=ids[EOS],
+        pad_token_id=ids[PAD],
+        tie_word_embeddings=False,
+    )
+    vision = JanusVisionConfig(
+        hidden_size=spec.vision_hidden,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=4,
+        image_size=SIZE,
+        patch_size=CELL,
+        mlp_ratio=2.0,
+        projection_dim=spec.hidden_size,
+        depth=2,
+        num_image_tokens=GRID * GRID,
+    )
+    vq = JanusVQVAEConfig(
+        embed_dim=8,
+        num_embeddings=len(PALETTE),
+        latent_channels=32,
+        base_channels=32,
+        channel_multiplier=[1, 1, 1, 1],  # 8x down-sampling: one code per cell
+        num_res_blocks=1,
+        num_patches=GRID,
+        projection_dim=spec.hidden_size,
+        image_token_embed_dim=spec.hidden_size,
+        num_hidden_layers=2,
+    )
+    config = JanusConfig(
+        text_config=text, vision_config=vision, vq_config=vq, image_token_id=ids[IMAGE], tie_word_embeddings=False
+    )
+    torch.manual_seed(spec.seed)
+    model = JanusForConditionalGeneration(config).eval()
+    _rescale_image_paths(model)
+    with torch.no_grad():  # code k = palette colour k, as unit vectors (decode normalises them anyway)
+        codebook = model.model.vqmodel.quantize.embedding.weight
+        codebook.zero_()
+        codebook[torch.arange(len(PALETTE)), torch.arange(len(PALETTE))] = 1.0
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids[BOS],
+        eos_token_id=ids[EOS],
+        pad_token_id=ids[PAD],
+        guidance_scale=5.0,
+        generation_kwargs={"boi_token_id": ids[BOI], "num_image_tokens": GRID * GRID},
+    )
+    processor = JanusProcessor(
+        image_processor=_image_processor(TinySpec(image_size=SIZE, patch_size=CELL)),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+        use_default_system_prompt=True,
+    )
+    return model, tokenizer, processor
+
+
+def _to_pixels(images: np.ndarray) -> Any:
+    import torch
+
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def random_grids(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, GRID, GRID) random cell colours, background-heavy like the world's images."""
+    probs = np.array([0.55] + [0.45 / (len(PALETTE) - 1)] * (len(PALETTE) - 1))
+    return rng.choice(len(PALETTE), size=(n, GRID, GRID), p=probs)
+
+
+def train_vq(model: Any, seconds: float = 240.0, seed: int = 0, batch: int = 32, log=print) -> dict[str, float]:
+    """Supervised VQ shortcut: encoder -> the cell's colour code, decoder(code) -> the cell's colour.
+
+    Trained on random cell grids (any arrangement of colours, not only valid
+    scenes) so that whatever codes the generator draws decode faithfully.
+    Returns the final exactness figures on fresh grids.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    vq = model.model.vqmodel
+    vq.quantize.embedding.weight.requires_grad_(False)
+    params = [p for n, p in vq.named_parameters() if not n.startswith("quantize.")]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
+    gen = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    vq.train()
+    codebook = vq.quantize.embedding.weight
+    start, step = time.time(), 0
+    while time.time() - start < seconds:
+        grids = random_grids(gen, batch)
+        pixels = _to_pixels(np.stack([grid_to_image(g) for g in grids]))
+        target = torch.from_numpy(grids).reshape(batch, -1)
+        z = vq.quant_conv(vq.encoder(pixels)).permute(0, 2, 3, 1).reshape(batch, GRID * GRID, -1)
+        logits = -((z.unsqueeze(-2) - codebook) ** 2).sum(-1) * 4.0
+        enc_loss = F.cross_entropy(logits.reshape(-1, codebook.shape[0]), target.reshape(-1))
+        dec = vq.decode(target)
+        dec_loss = F.mse_loss(dec, pixels)
+        loss = enc_loss + 10.0 * dec_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in opt.param_groups:  # cosine decay over the time budget, to 5% of the start rate
+            frac = min(1.0, (time.time() - start) / seconds)
+            group["lr"] = 2e-3 * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            log(f"vq step {step} ({time.time() - start:.0f}s): enc {enc_loss.item():.4f} dec {dec_loss.item():.5f}")
+    vq.eval()
+    for p in vq.parameters():
+        p.requires_grad_(False)
+    figures = check_vq(model, seed=seed + 1)
+    figures["steps"] = step
+    return figures
+
+
+def check_vq(model: Any, n: int = 512, seed: int = 1) -> dict[str, float]:
+    """Share of random grids whose codes are exactly the cell colours, and whose decode reads back exactly."""
+    import torch
+
+    from .world import read_cells
+
+    vq = model.model.vqmodel
+    grids = random_grids(np.random.default_rng(seed), n)
+    pixels = _to_pixels(np.stack([grid_to_image(g) for g in grids]))
+    with torch.no_grad():
+        codes = vq.encode(pixels).image_tokens.reshape(n, GRID, GRID).numpy()
+        dec = vq.decode(torch.from_numpy(grids).reshape(n, -1))
+    images = ((dec.permute(0, 2, 3, 1).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    exact_codes = float(np.mean([(c == g).all() for c, g in zip(codes, grids)]))
+    read = [read_cells(img) for img in images]
+    exact_decode = float(np.mean([r is not None and (r == g).all() for r, g in zip(read, grids)]))
+    error = float(np.abs(images.astype(np.float32) - PALETTE_ARRAY[grids].repeat(CELL, 1).repeat(CELL, 2)).mean())
+    return {"exact_codes": exact_codes, "exact_decodes": exact_decode, "mean_abs_pixel_error": error}
+
+
+def save_model(model: Any, tokenizer: Any, processor: Any, out_dir: str | Path, extra: dict[str, Any]) -> Path:
+    """Write a loadable checkpoint atomically (plus ``shapesworld.json`` describing how it was made)."""
+    with atomic_directory(out_dir, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "shapesworld.json").write_text(json.dumps(extra, indent=2) + "\n")
+    return Path(out_dir)
+
+
+def spec_dict(spec: ShapesSpec) -> dict[str, Any]:
+    return asdict(spec)
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
