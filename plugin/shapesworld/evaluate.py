@@ -28,9 +28,10 @@ def _rate(hits: int, total: int) -> float | None:
     return round(hits / total, 4) if total else None
 
 
-def evaluate_understanding(
+def understanding_records(
     adapter: Any, queries: Sequence[Query], items_per_prompt: int = 8, seed: int = 0, batch: int = 64
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
+    """One record per item: level, the exact answer, and the judge's P(yes)."""
     rng = random.Random(f"shapesworld-eval-und-{seed}")
     items = [eval_item(q, rng, positive=i % 2 == 0) for q in queries for i in range(items_per_prompt)]
     p_yes: list[float] = []
@@ -38,22 +39,29 @@ def evaluate_understanding(
         chunk = items[start : start + batch]
         images = [Image.fromarray(render_scene(it.scene)) for it in chunk]
         p_yes += adapter.judge(images, [it.question for it in chunk]).tolist()
+    return [
+        {"prompt": it.query.text, "level": it.query.level, "truth": it.answer == "Yes", "p_yes": p}
+        for it, p in zip(items, p_yes)
+    ]
+
+
+def summarize_understanding(records: Sequence[dict[str, Any]], threshold: float = 0.5) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for level in (*LEVELS, "all"):
-        chosen = [(it, p) for it, p in zip(items, p_yes) if level == "all" or it.query.level == level]
-        said_yes = [p >= 0.5 for _, p in chosen]
-        correct = sum((p >= 0.5) == (it.answer == "Yes") for it, p in chosen)
+        chosen = [r for r in records if level == "all" or r["level"] == level]
+        said_yes = [r["p_yes"] >= threshold for r in chosen]
+        correct = sum(y == r["truth"] for y, r in zip(said_yes, chosen))
         out[level] = {
             "accuracy": _rate(correct, len(chosen)),
             "yes_share": _rate(sum(said_yes), len(chosen)),
-            "true_yes_share": _rate(sum(it.answer == "Yes" for it, _ in chosen), len(chosen)),
+            "true_yes_share": _rate(sum(r["truth"] for r in chosen), len(chosen)),
             "items": len(chosen),
-            "prompts": len({it.query for it, _ in chosen}),
+            "prompts": len({r["prompt"] for r in chosen}),
         }
     return out
 
 
-def evaluate_generation(
+def generation_records(
     adapter: Any,
     queries: Sequence[Query],
     samples_per_prompt: int = 8,
@@ -61,37 +69,39 @@ def evaluate_generation(
     cfg_scale: float = 5.0,
     temperature: float = 1.0,
     batch: int = 64,
-) -> dict[str, Any]:
-    """Oracle accuracy of sampled images, and the model's own verdict on them."""
+) -> list[dict[str, Any]]:
+    """One record per sampled image: the oracle's verdict and the model's own (its judge)."""
     from ..selfplay import DEFAULT_QUESTION
 
     jobs = [(q, i) for q in queries for i in range(samples_per_prompt)]
-    correct: list[bool] = []
-    accepted: list[bool] = []
+    records = []
     for start in range(0, len(jobs), batch):
         chunk = jobs[start : start + batch]
         seeds = [hash_seed(seed, q.id, i) for q, i in chunk]
         codes = adapter.generate([q.text for q, _ in chunk], seeds=seeds, cfg_scale=cfg_scale, temperature=temperature)
         images = adapter.decode_codes(codes)
-        correct += [oracle(img, q) for img, (q, _) in zip(images, chunk)]
-        p_yes = adapter.judge(images, [DEFAULT_QUESTION.format(prompt=q.text) for q, _ in chunk])
-        accepted += [p >= 0.5 for p in p_yes.tolist()]
+        p_yes = adapter.judge(images, [DEFAULT_QUESTION.format(prompt=q.text) for q, _ in chunk]).tolist()
+        for (q, _), img, p in zip(chunk, images, p_yes):
+            records.append({"prompt": q.text, "level": q.level, "correct": oracle(img, q), "p_yes": p})
+    return records
+
+
+def summarize_generation(records: Sequence[dict[str, Any]], threshold: float = 0.5) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for level in (*LEVELS, "all"):
-        sel = [k for k, (q, _) in enumerate(jobs) if level == "all" or q.level == level]
-        ok = [correct[k] for k in sel]
-        acc = [accepted[k] for k in sel]
-        rejected = [k for k in sel if not accepted[k]]
-        kept = [k for k in sel if accepted[k]]
+        sel = [r for r in records if level == "all" or r["level"] == level]
+        accepted = [r["p_yes"] >= threshold for r in sel]
+        rejected = [r for r, a in zip(sel, accepted) if not a]
+        kept = [r for r, a in zip(sel, accepted) if a]
         out[level] = {
-            "oracle_accuracy": _rate(sum(ok), len(sel)),
-            "judge_yes_share": _rate(sum(acc), len(sel)),
+            "oracle_accuracy": _rate(sum(r["correct"] for r in sel), len(sel)),
+            "judge_yes_share": _rate(sum(accepted), len(sel)),
             "non_unification": _rate(len(rejected), len(sel)),
-            "judge_agrees_with_oracle": _rate(sum(correct[k] == accepted[k] for k in sel), len(sel)),
-            "rejected_that_oracle_rejects": _rate(sum(not correct[k] for k in rejected), len(rejected)),
-            "accepted_that_oracle_accepts": _rate(sum(correct[k] for k in kept), len(kept)),
+            "judge_agrees_with_oracle": _rate(sum(r["correct"] == a for r, a in zip(sel, accepted)), len(sel)),
+            "rejected_that_oracle_rejects": _rate(sum(not r["correct"] for r in rejected), len(rejected)),
+            "accepted_that_oracle_accepts": _rate(sum(r["correct"] for r in kept), len(kept)),
             "samples": len(sel),
-            "prompts": len({jobs[k][0] for k in sel}),
+            "prompts": len({r["prompt"] for r in sel}),
         }
     return out
 
@@ -112,6 +122,7 @@ def evaluate_model(
     seed: int = 0,
     cfg_scale: float = 5.0,
 ) -> dict[str, Any]:
+    """Per split and for all splits together ("held_out"): understanding and generation summaries."""
     import torch
 
     from ..loading import load_unified
@@ -119,9 +130,17 @@ def evaluate_model(
     torch.manual_seed(seed)
     adapter = load_unified(model_dir, device="cpu")
     result: dict[str, Any] = {}
+    und_all: list[dict[str, Any]] = []
+    gen_all: list[dict[str, Any]] = []
     for name, queries in splits.items():
-        result[name] = {
-            "understanding": evaluate_understanding(adapter, queries, und_items, seed),
-            "generation": evaluate_generation(adapter, queries, gen_samples, seed, cfg_scale=cfg_scale),
+        und = understanding_records(adapter, queries, und_items, seed)
+        gen = generation_records(adapter, queries, gen_samples, seed, cfg_scale=cfg_scale)
+        und_all += und
+        gen_all += gen
+        result[name] = {"understanding": summarize_understanding(und), "generation": summarize_generation(gen)}
+    if len(splits) > 1:
+        result["held_out"] = {
+            "understanding": summarize_understanding(und_all),
+            "generation": summarize_generation(gen_all),
         }
     return result

@@ -190,8 +190,8 @@ def random_grids(rng: np.random.Generator, n: int) -> np.ndarray:
 def train_vq(model: Any, seconds: float = 240.0, seed: int = 0, batch: int = 32, log=print) -> dict[str, float]:
     """Supervised VQ shortcut: encoder -> the cell's colour code, decoder(code) -> the cell's colour.
 
-    Trained on random cell grids (any arrangement of colours, not only valid
-    scenes) so that whatever codes the generator draws decode faithfully.
+    Half of each batch is the world's scenes, half random cell grids (any
+    colour anywhere) so that whatever codes the generator draws decode faithfully.
     Returns the final exactness figures on fresh grids.
     """
     import torch
@@ -203,13 +203,17 @@ def train_vq(model: Any, seconds: float = 240.0, seed: int = 0, batch: int = 32,
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
+    from .world import cell_grid, random_scene
+
     gen = np.random.default_rng(seed)
+    scene_rng = random.Random(f"shapesworld-vq-{seed}")
     torch.manual_seed(seed)
     vq.train()
     codebook = vq.quantize.embedding.weight
     start, step = time.time(), 0
     while time.time() - start < seconds:
-        grids = random_grids(gen, batch)
+        scenes = [cell_grid(random_scene(scene_rng)) for _ in range(batch // 2)]
+        grids = np.concatenate([random_grids(gen, batch - len(scenes)), np.stack(scenes)])
         pixels = _to_pixels(np.stack([grid_to_image(g) for g in grids]))
         target = torch.from_numpy(grids).reshape(batch, -1)
         z = vq.quant_conv(vq.encoder(pixels)).permute(0, 2, 3, 1).reshape(batch, GRID * GRID, -1)
@@ -236,13 +240,26 @@ def train_vq(model: Any, seconds: float = 240.0, seed: int = 0, batch: int = 32,
 
 
 def check_vq(model: Any, n: int = 512, seed: int = 1) -> dict[str, float]:
-    """Share of random grids whose codes are exactly the cell colours, and whose decode reads back exactly."""
+    """Exactness of the VQ on the world's scenes and on random cell grids (any colour anywhere)."""
+    from .world import cell_grid, random_scene
+
+    rng = random.Random(seed)
+    scenes = np.stack([cell_grid(random_scene(rng)) for _ in range(n)])
+    out = {f"scenes_{k}": v for k, v in _vq_exactness(model, scenes).items()}
+    out.update(
+        {f"random_grids_{k}": v for k, v in _vq_exactness(model, random_grids(np.random.default_rng(seed), n)).items()}
+    )
+    return out
+
+
+def _vq_exactness(model: Any, grids: np.ndarray) -> dict[str, float]:
+    """Share of grids whose codes are exactly the cell colours, and whose decode reads back exactly."""
     import torch
 
     from .world import read_cells
 
     vq = model.model.vqmodel
-    grids = random_grids(np.random.default_rng(seed), n)
+    n = len(grids)
     pixels = _to_pixels(np.stack([grid_to_image(g) for g in grids]))
     with torch.no_grad():
         codes = vq.encode(pixels).image_tokens.reshape(n, GRID, GRID).numpy()
