@@ -80,7 +80,10 @@ class ExtendedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         n = len(self.base)
-        return self.base[index] if index < n else self.extra[index - n]
+        if index < n:
+            return self.base[index]
+        # a fresh row each time, like the base dataset: the host's collator pops keys from what it gets
+        return {key: list(value) if isinstance(value, list) else value for key, value in self.extra[index - n].items()}
 
     @property
     def column_names(self) -> list[str]:
