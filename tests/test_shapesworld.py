@@ -148,6 +148,10 @@ def test_splits_are_disjoint_cover_every_level_and_are_seeded():
     for name in ("train", "val", "test"):
         assert {q.level for q in splits.of(name)} == set(LEVELS), name
     assert make_splits(0) == splits and make_splits(1) != splits
+    for seed in range(5):  # held-out prompts are new combinations of words read in training
+        other = make_splits(seed)
+        known = {word for q in other.train for word in q.text.split()}
+        assert {word for q in other.held_out for word in q.text.split()} <= known
 
 
 def test_generation_is_reproducible():

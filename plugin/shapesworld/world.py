@@ -176,21 +176,30 @@ class Splits:
 
 
 def make_splits(seed: int = 0, val_share: float = 0.15, test_share: float = 0.2) -> Splits:
-    """Per level, a seeded shuffle cut into test / val / train (each level keeps >= 1 prompt in each split)."""
+    """Per level, a seeded shuffle cut into test / val / train (each level keeps >= 1 prompt in each split).
+
+    Held-out prompts are new combinations of known words: a shuffle that leaves a
+    word of a val / test prompt out of every train prompt (say all ``two ... bars``
+    held out, so ``bars`` is never read in training) is redrawn.
+    """
     rng = random.Random(f"shapesworld-splits-{seed}")
-    train: list[Query] = []
-    val: list[Query] = []
-    test: list[Query] = []
     queries = all_queries()
-    for level in LEVELS:
-        items = [q for q in queries if q.level == level]
-        rng.shuffle(items)
-        n_test = max(1, round(test_share * len(items)))
-        n_val = max(1, round(val_share * len(items)))
-        test += items[:n_test]
-        val += items[n_test : n_test + n_val]
-        train += items[n_test + n_val :]
-    return Splits(tuple(train), tuple(val), tuple(test))
+    for _ in range(10_000):
+        train: list[Query] = []
+        val: list[Query] = []
+        test: list[Query] = []
+        for level in LEVELS:
+            items = [q for q in queries if q.level == level]
+            rng.shuffle(items)
+            n_test = max(1, round(test_share * len(items)))
+            n_val = max(1, round(val_share * len(items)))
+            test += items[:n_test]
+            val += items[n_test : n_test + n_val]
+            train += items[n_test + n_val :]
+        known = {word for q in train for word in q.text.split()}
+        if all(word in known for q in val + test for word in q.text.split()):
+            return Splits(tuple(train), tuple(val), tuple(test))
+    raise RuntimeError("no split keeps every held-out word in the train prompts; lower the held-out shares")
 
 
 # ----------------------------------------------------------------------------- scenes
