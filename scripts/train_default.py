@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", default=str(ROOT / "outputs" / "shapes-train"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--vq-seconds", type=float, default=300.0)
-    p.add_argument("--phase1-steps", type=int, default=800)
+    p.add_argument("--phase1-steps", type=int, default=1000)
     p.add_argument("--phase1-mix", default="yesno=64,caption=32")
     p.add_argument("--phase1-lr", type=float, default=1e-3)
     p.add_argument("--phase2-steps", type=int, default=500)
@@ -261,11 +261,14 @@ def publish(args: argparse.Namespace, model_dir: Path, work: Path, result: dict[
         (tmp / "README.md").write_text(
             "# shapes-janus\n\nA tiny Janus (transformers' `JanusForConditionalGeneration`) trained from scratch on "
             "ShapesWorld (`unigap.shapesworld`) by `scripts/train_default.py` "
-            f"(`{how['made_by']}`, {sum(timings.values()) / 60:.0f} min on one CPU thread): its VQ tokenizer by the "
+            f"(`{how['made_by']}`, {sum(timings.values()) / 60:.0f} min on {args.threads} CPU thread(s)): its VQ "
+            "tokenizer by the "
             "supervised shortcut (codes = cell colours), its LLM by `llamafactory-cli train` with the unigap plugin "
             "(phase 1 understanding + captions, phase 2 joint with image generation). `eval.json`: measured against "
             "the exact oracle on the held-out prompts; `prompts/`: the train / val / test prompt splits.\n"
         )
+        for path in tmp.rglob("*"):  # temp-file writes and copies of 0600 files: make them readable
+            path.chmod(0o755 if path.is_dir() else 0o644)
     log(f"published {args.out}")
 
 
