@@ -7,11 +7,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.unigap-installed
 MODEL  := models/tiny-janus
+EXDATA := outputs/examples/data/dataset_info.json
 PIP    := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip
 
 .PHONY: setup test demo bench clean
 
-setup: $(STAMP) $(MODEL)/config.json
+setup: $(STAMP) $(MODEL)/config.json $(EXDATA)
 
 $(STAMP): setup.cfg setup.py pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,14 @@ $(STAMP): setup.cfg setup.py pyproject.toml constraints.txt
 # The embedded default model: a tiny random Janus built offline (seconds).
 $(MODEL)/config.json: $(STAMP) plugin/tiny.py
 	$(BIN)/unigap tiny-model --out $(MODEL) --force
+
+# The self-play dataset of the curriculum examples (gap_csft.yaml, gap_dpo_curriculum.yaml): the default
+# model's own images, judged by itself and built by unigap, with the discard pool that replay retries.
+$(EXDATA): $(MODEL)/config.json yaml_examples/selfplay.yaml yaml_examples/prompts/shapes.jsonl
+	rm -rf outputs/examples
+	$(BIN)/unigap selfplay yaml_examples/selfplay.yaml output_dir=outputs/examples/selfplay progress=false
+	$(BIN)/unigap build sft outputs/examples/selfplay --out outputs/examples/data --name gap_selfplay --with-und
+	$(BIN)/unigap build dpo outputs/examples/selfplay --out outputs/examples/data --name gap_selfplay_dpo
 
 test: setup
 	$(BIN)/python -m pytest tests

@@ -64,7 +64,7 @@ def test_generate_rejects_an_adapter_for_another_model(tmp_path, tiny_model):
 
 @pytest.mark.e2e
 def test_yaml_examples_run_as_is_from_the_repo_root(tmp_path):
-    """The four shipped YAML files and the merge example, on the embedded default and shipped data."""
+    """The shipped training YAML files and the merge example, on the embedded default and its data."""
     assert (DEFAULT_MODEL / "config.json").exists(), "the embedded default model is missing: run `make setup`"
     cli = str(BIN / "llamafactory-cli")
     outs = {}
@@ -77,6 +77,17 @@ def test_yaml_examples_run_as_is_from_the_repo_root(tmp_path):
         assert losses and losses[-1] < losses[0], (name, losses)
     for name in ("gap_dpo", "gap_dpo_full"):
         assert json.loads((outs[name] / "unigap_reference_check.json").read_text())["unchanged"]
+    # the curriculum examples, shortened (their data is the self-play dataset `make setup` builds)
+    assert (ROOT / "outputs/examples/data/gap_selfplay/discard_pool.jsonl").exists(), "run `make setup`"
+    for name in ("gap_csft", "gap_dpo_curriculum"):
+        out = tmp_path / name
+        proc = run([cli, "train", f"yaml_examples/{name}.yaml", f"output_dir={out}", "num_train_epochs=2",
+                    "replay_epochs=1"], cwd=ROOT)
+        assert proc.returncode == 0, f"{name}:\n{proc.stderr[-4000:]}"
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        assert any("curriculum_share" in row for row in history) and any("replay_rows_added" in row for row in history)
+        summary = json.loads((out / "unigap_replay/epoch_1/summary.json").read_text())
+        assert summary["prompts_tried"] == 3 and (out / "adapter_model.safetensors").exists()
     merged = tmp_path / "merged"
     proc = run([cli, "export", "yaml_examples/merge_lora.yaml", f"adapter_name_or_path={outs['gap_sft']}",
                 f"export_dir={merged}"], cwd=ROOT)
