@@ -344,25 +344,26 @@ def read_metadata(files: Sequence[tuple[str, Path]], media_dir: str) -> tuple[di
     return table, bare
 
 
-def data_files(dataset_names: Sequence[str], dataset_dir: str) -> list[tuple[str, Path]]:
-    """The local data file of each dataset, from the host's ``dataset_info.json``."""
+def data_files(dataset_names: Sequence[str], dataset_dir: str) -> tuple[list[tuple[str, Path]], list[str]]:
+    """The local data files of each dataset (from the host's ``dataset_info.json``), and the names of
+    datasets that are not local files (hub / script datasets: their rows count as unlabeled)."""
     info_path = Path(dataset_dir) / "dataset_info.json"
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise CurriculumError(f"the curriculum reads {info_path}: {err}") from None
-    out = []
+    out, remote = [], []
     for name in dataset_names:
         entry = info.get(name)
         if not isinstance(entry, dict) or "file_name" not in entry:
-            raise CurriculumError(
-                f"dataset {name!r}: the curriculum needs a local file dataset (file_name in {info_path})"
-            )
+            remote.append(name)
+            continue
         path = Path(dataset_dir) / entry["file_name"]
         if path.is_dir():
-            raise CurriculumError(f"dataset {name!r}: {path} is a folder; the curriculum needs one JSON / JSONL file")
-        out.append((name, path))
-    return out
+            out += [(name, p) for p in sorted(path.iterdir()) if p.suffix in (".json", ".jsonl")]
+        else:
+            out.append((name, path))
+    return out, remote
 
 
 @dataclass

@@ -201,8 +201,9 @@ class TrainingCurriculum:
         if not self.config.active:
             self.base_metas = [None] * self.base_len
             return
-        table, self.bare = read_metadata(data_files(self.data.dataset_names, self.data.dataset_dir),
-                                         self.data.media_dir)
+        files, remote = data_files(self.data.dataset_names, self.data.dataset_dir)
+        table, bare = read_metadata(files, self.data.media_dir)
+        self.bare = sorted(set(bare) | set(remote))
         ids_key = "chosen_input_ids" if self.ranking else "input_ids"
         metas: list[RowMeta | None] = []
         check = self._gen_codes_check()
