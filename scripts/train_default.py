@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--phase1-steps", type=int, default=1000)
     p.add_argument("--phase1-mix", default="yesno=64,caption=32")
     p.add_argument("--phase1-lr", type=float, default=1e-3)
-    p.add_argument("--phase2-steps", type=int, default=500)
+    p.add_argument("--phase2-steps", type=int, default=700)
     p.add_argument("--phase2-mix", default="yesno=32,caption=16,gen=32")
     p.add_argument("--phase2-lr", type=float, default=5e-4)
     p.add_argument("--gen-loss-weight", type=float, default=0.25)

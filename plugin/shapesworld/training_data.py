@@ -54,12 +54,17 @@ def write_phase_dataset(
     seed: int,
     hardness_start: float = 0.0,
     hardness_ramp: float = 0.3,
+    balance_levels: Sequence[str] = ("gen",),
 ) -> dict[str, int]:
     """Write ``dataset_dir/name/`` (atomically) and register it in ``dataset_dir/dataset_info.json``.
 
     ``steps`` blocks of ``mix`` rows.  Hardness of the negatives goes linearly
     from ``hardness_start`` to 1 over the first ``hardness_ramp`` of the blocks.
-    Every question and every generation prompt is one of ``queries``.
+    Every question and every generation prompt is one of ``queries``.  For the
+    row kinds in ``balance_levels`` the prompt's level is drawn first (uniformly),
+    then a prompt of that level: otherwise the few easy prompts would be a few
+    percent of the rows (measured: a model trained that way drew extra objects
+    for every single-object prompt, 0% correct).
     Returns the number of rows of each kind.
     """
     unknown = set(mix) - set(KINDS)
@@ -68,6 +73,15 @@ def write_phase_dataset(
     dataset_dir = Path(dataset_dir)
     rng = random.Random(f"shapesworld-data-{name}-{seed}")
     rows: list[dict] = []
+    by_level: dict[str, list[Query]] = {}
+    for query in queries:
+        by_level.setdefault(query.level, []).append(query)
+
+    def pick(kind: str) -> Query:
+        if kind in balance_levels:
+            return rng.choice(by_level[rng.choice(sorted(by_level))])
+        return rng.choice(list(queries))
+
     counts = dict.fromkeys(KINDS, 0)
     with atomic_directory(dataset_dir / name, overwrite=True) as tmp:
         (tmp / "images").mkdir()
@@ -81,7 +95,7 @@ def write_phase_dataset(
                 rel = f"{name}/images/{index:07d}.png"
                 path = tmp / "images" / f"{index:07d}.png"
                 if kind == "gen":
-                    query = rng.choice(list(queries))
+                    query = pick(kind)
                     scene = sample_scene(query, rng)
                     grid = cell_grid(scene)
                     path.with_name(path.stem + CODES_SUFFIX).write_bytes(_codes(grid))
@@ -90,7 +104,7 @@ def write_phase_dataset(
                 else:
                     item: UndItem
                     if kind == "yesno":
-                        item = training_item(rng.choice(list(queries)), rng, queries, hardness)
+                        item = training_item(pick(kind), rng, queries, hardness)
                     else:
                         item = caption_item(caption_scene(rng, queries))
                     path.write_bytes(_png(render_scene(item.scene)))
