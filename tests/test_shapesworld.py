@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,3 +247,28 @@ def test_world_tokenizer_has_one_token_answers():
     assert len(yes) == len(no) == 1 and yes != no
     assert len(tokenizer.encode(DEFAULT_SYSTEM, add_special_tokens=False)) < 50
     assert len(tokenizer.encode(caption([Obj("red", "bar", 0, 0)]), add_special_tokens=False)) <= 8
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "shapes-janus"
+
+
+def test_shipped_default_is_small_and_its_judge_knows_the_world():
+    """The committed checkpoint: under 20 MB, its prompt splits are the world's, and its judge is right on held-out prompts."""
+    import torch
+    from unigap.loading import load_unified
+    from unigap.shapesworld.data import eval_item
+
+    assert sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file()) < 20 * 2**20
+    splits = make_splits(json.loads((SHIPPED / "shapesworld.json").read_text())["split_seed"])
+    for name in ("train", "val", "test"):
+        assert [p.text for p in load_prompt_file(SHIPPED / "prompts" / f"{name}.jsonl")] == [
+            q.text for q in splits.of(name)
+        ]
+    torch.set_num_threads(1)
+    adapter = load_unified(str(SHIPPED), device="cpu")
+    rng = random.Random(0)
+    items = [eval_item(q, rng, positive=i % 2 == 0) for q in splits.test for i in range(2)]
+    p_yes = adapter.judge([Image.fromarray(render_scene(it.scene)) for it in items], [it.question for it in items])
+    said_yes = [p >= 0.5 for p in p_yes.tolist()]
+    accuracy = np.mean([y == (it.answer == YES) for y, it in zip(said_yes, items)])
+    assert accuracy >= 0.85 and 0.3 <= np.mean(said_yes) <= 0.7, (accuracy, np.mean(said_yes))
