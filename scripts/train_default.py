@@ -194,12 +194,20 @@ def lf_phase(
 
 
 def stage_eval(args: argparse.Namespace, model_dir: Path, work: Path, tag: str) -> dict[str, Any]:
+    from unigap.fsutil import write_text_atomic
     from unigap.shapesworld.evaluate import evaluate_model
     from unigap.shapesworld.world import make_splits
 
     path = work / f"eval_{tag}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    wanted = {
+        "und_items_per_prompt": args.eval_items,
+        "gen_samples_per_prompt": args.eval_samples,
+        "cfg_scale": args.cfg_scale,
+    }
+    if path.is_file():  # reused only when it was measured with the same settings
+        cached = json.loads(path.read_text())
+        if all(cached.get("settings", {}).get(k) == v for k, v in wanted.items()):
+            return cached
     splits = make_splits(args.split_seed)
     start = time.time()
     result = evaluate_model(
@@ -211,14 +219,12 @@ def stage_eval(args: argparse.Namespace, model_dir: Path, work: Path, tag: str) 
         cfg_scale=args.cfg_scale,
     )
     result["settings"] = {
-        "und_items_per_prompt": args.eval_items,
-        "gen_samples_per_prompt": args.eval_samples,
-        "cfg_scale": args.cfg_scale,
+        **wanted,
         "temperature": 1.0,
         "judge_threshold": 0.5,
         "seconds": round(time.time() - start, 1),
     }
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(result, indent=2) + "\n")
     for split in ("val", "test", "held_out"):
         und, gen = result[split]["understanding"], result[split]["generation"]
         log(
