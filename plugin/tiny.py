@@ -140,8 +140,22 @@ def _rescale_image_paths(model) -> None:
                     layer.weight.normal_(0.0, layer.in_features**-0.5)
 
 
-def build_tiny_janus(out_dir: str | Path, spec: TinySpec = TinySpec(), overwrite: bool = False) -> Path:
-    """Write a tiny random Janus checkpoint to ``out_dir`` (atomically) and return its path."""
+def build_janus(
+    tokenizer: Any,
+    *,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    max_positions: int,
+    vision_hidden: int,
+    vision_layers: int,
+    vision_heads: int,
+    image_size: int,
+    patch_size: int,
+    codebook_size: int,
+    seed: int,
+) -> tuple[Any, Any]:
+    """(model, processor): a random Janus from transformers' own classes, one image code per patch."""
     import torch
     from transformers import (
         GenerationConfig,
@@ -153,55 +167,53 @@ def build_tiny_janus(out_dir: str | Path, spec: TinySpec = TinySpec(), overwrite
         LlamaConfig,
     )
 
-    if spec.image_size % spec.patch_size:
+    if image_size % patch_size:
         raise ValueError("image_size must be a multiple of patch_size")
-    side = spec.image_size // spec.patch_size
-    downsample = spec.patch_size.bit_length() - 1  # the VQ halves the size once per extra level
-    if 2**downsample != spec.patch_size:
+    side = image_size // patch_size
+    downsample = patch_size.bit_length() - 1  # the VQ halves the size once per extra level
+    if 2**downsample != patch_size:
         raise ValueError("patch_size must be a power of two")
-
-    tokenizer = build_tokenizer(spec)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
     text = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=2 * spec.hidden_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_heads,
-        max_position_embeddings=4096,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions,
         bos_token_id=ids[BOS],
         eos_token_id=ids[EOS],
         pad_token_id=ids[PAD],
         tie_word_embeddings=False,
     )
     vision = JanusVisionConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
+        hidden_size=vision_hidden,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        image_size=image_size,
+        patch_size=patch_size,
         mlp_ratio=2.0,
-        projection_dim=spec.hidden_size,
+        projection_dim=hidden_size,
         depth=2,
         num_image_tokens=side * side,
     )
     vq = JanusVQVAEConfig(
         embed_dim=8,
-        num_embeddings=spec.codebook_size,
+        num_embeddings=codebook_size,
         latent_channels=32,
         base_channels=32,
         channel_multiplier=[1] * (downsample + 1),
         num_res_blocks=1,
         num_patches=side,
-        projection_dim=spec.hidden_size,
-        image_token_embed_dim=spec.hidden_size,
+        projection_dim=hidden_size,
+        image_token_embed_dim=hidden_size,
         num_hidden_layers=2,
     )
     config = JanusConfig(
         text_config=text, vision_config=vision, vq_config=vq, image_token_id=ids[IMAGE], tie_word_embeddings=False
     )
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(seed)
     model = JanusForConditionalGeneration(config).eval()
     _rescale_image_paths(model)
     model.generation_config = GenerationConfig(
@@ -212,10 +224,21 @@ def build_tiny_janus(out_dir: str | Path, spec: TinySpec = TinySpec(), overwrite
         generation_kwargs={"boi_token_id": ids[BOI], "num_image_tokens": side * side},
     )
     processor = JanusProcessor(
-        image_processor=_image_processor(spec),
+        image_processor=_image_processor(TinySpec(image_size=image_size, patch_size=patch_size)),
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
         use_default_system_prompt=True,
+    )
+    return model, processor
+
+
+def build_tiny_janus(out_dir: str | Path, spec: TinySpec = TinySpec(), overwrite: bool = False) -> Path:
+    """Write a tiny random Janus checkpoint to ``out_dir`` (atomically) and return its path."""
+    tokenizer = build_tokenizer(spec)
+    model, processor = build_janus(
+        tokenizer, hidden_size=spec.hidden_size, num_layers=spec.num_layers, num_heads=spec.num_heads,
+        max_positions=4096, vision_hidden=32, vision_layers=1, vision_heads=2, image_size=spec.image_size,
+        patch_size=spec.patch_size, codebook_size=spec.codebook_size, seed=spec.seed,
     )
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)

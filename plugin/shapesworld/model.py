@@ -26,14 +26,11 @@ from ..models.janus import DEFAULT_SYSTEM
 from ..tiny import (
     BOI,
     BOS,
-    CHAT_TEMPLATE,
     EOS,
     IMAGE,
     PAD,
     SPECIAL_TOKENS,
-    TinySpec,
-    _image_processor,
-    _rescale_image_paths,
+    build_janus,
 )
 from .data import CAPTION_QUESTION, NO, QUESTION, YES
 from .world import CELL, COLOURS, GRID, PALETTE, PALETTE_ARRAY, RELATIONS, SHAPES, SIZE, all_queries, grid_to_image
@@ -101,77 +98,17 @@ def build_world_tokenizer(spec: ShapesSpec) -> Any:
 def build_model(spec: ShapesSpec) -> tuple[Any, Any, Any]:
     """(model, tokenizer, processor): a fresh model for ShapesWorld (its VQ still untrained)."""
     import torch
-    from transformers import (
-        GenerationConfig,
-        JanusConfig,
-        JanusForConditionalGeneration,
-        JanusProcessor,
-        JanusVisionConfig,
-        JanusVQVAEConfig,
-        LlamaConfig,
-    )
 
     tokenizer = build_world_tokenizer(spec)
-    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=2 * spec.hidden_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_heads,
-        max_position_embeddings=512,
-        bos_token_id=ids[BOS],
-        eos_token_id=ids[EOS],
-        pad_token_id=ids[PAD],
-        tie_word_embeddings=False,
-    )
-    vision = JanusVisionConfig(
-        hidden_size=spec.vision_hidden,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=4,
-        image_size=SIZE,
-        patch_size=CELL,
-        mlp_ratio=2.0,
-        projection_dim=spec.hidden_size,
-        depth=2,
-        num_image_tokens=GRID * GRID,
-    )
-    vq = JanusVQVAEConfig(
-        embed_dim=8,
-        num_embeddings=len(PALETTE),
-        latent_channels=32,
-        base_channels=32,
-        channel_multiplier=[1, 1, 1, 1],  # 8x down-sampling: one code per cell
-        num_res_blocks=1,
-        num_patches=GRID,
-        projection_dim=spec.hidden_size,
-        image_token_embed_dim=spec.hidden_size,
-        num_hidden_layers=2,
-    )
-    config = JanusConfig(
-        text_config=text, vision_config=vision, vq_config=vq, image_token_id=ids[IMAGE], tie_word_embeddings=False
-    )
-    torch.manual_seed(spec.seed)
-    model = JanusForConditionalGeneration(config).eval()
-    _rescale_image_paths(model)
+    model, processor = build_janus(
+        tokenizer, hidden_size=spec.hidden_size, num_layers=spec.num_layers, num_heads=spec.num_heads,
+        max_positions=512, vision_hidden=spec.vision_hidden, vision_layers=spec.vision_layers, vision_heads=4,
+        image_size=SIZE, patch_size=CELL, codebook_size=len(PALETTE), seed=spec.seed,
+    )  # patch = cell: one vision token and one image code per cell
     with torch.no_grad():  # code k = palette colour k, as unit vectors (decode normalises them anyway)
         codebook = model.model.vqmodel.quantize.embedding.weight
         codebook.zero_()
         codebook[torch.arange(len(PALETTE)), torch.arange(len(PALETTE))] = 1.0
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids[BOS],
-        eos_token_id=ids[EOS],
-        pad_token_id=ids[PAD],
-        guidance_scale=5.0,
-        generation_kwargs={"boi_token_id": ids[BOI], "num_image_tokens": GRID * GRID},
-    )
-    processor = JanusProcessor(
-        image_processor=_image_processor(TinySpec(image_size=SIZE, patch_size=CELL)),
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-        use_default_system_prompt=True,
-    )
     return model, tokenizer, processor
 
 
