@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from typing import Any
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
