@@ -82,12 +82,22 @@ def test_yaml_examples_run_as_is_from_the_repo_root(tmp_path):
     for name in ("gap_csft", "gap_dpo_curriculum"):
         out = tmp_path / name
         proc = run([cli, "train", f"yaml_examples/{name}.yaml", f"output_dir={out}", "num_train_epochs=2",
-                    "replay_epochs=1"], cwd=ROOT)
+                    "replay_epochs=1"], cwd=ROOT, env={"UNIGAP_RECORD_ORDER": "1"})
         assert proc.returncode == 0, f"{name}:\n{proc.stderr[-4000:]}"
         history = json.loads((out / "trainer_state.json").read_text())["log_history"]
         assert any("curriculum_share" in row for row in history) and any("replay_rows_added" in row for row in history)
         summary = json.loads((out / "unigap_replay/epoch_1/summary.json").read_text())
         assert summary["prompts_tried"] == 3 and (out / "adapter_model.safetensors").exists()
+    # the DPO example orders its pairs by the prompt's mean P(yes) (read back from the pairs' own metadata)
+    order = json.loads((tmp_path / "gap_dpo_curriculum/unigap_order.rank0.json").read_text())
+    data = ROOT / "outputs/examples/data"
+    pairs = [json.loads(line) for line in (data / "gap_selfplay_dpo/data.jsonl").read_text().splitlines()]
+    by_image = {str(data / r["unigap"]["image"]): 1.0 - r["unigap"]["mean_p_yes"] for r in pairs}
+    base = len(pairs)
+    assert order["scores"][:base] == pytest.approx([by_image[str(ROOT / k)] for k in order["rows"][:base]])
+    first = order["epochs"][0][1]
+    open_at_start = sorted(order["scores"][:base])[int(0.3 * base + 0.999) - 1]  # curriculum_start: 0.3
+    assert order["scores"][first[0]] <= open_at_start
     merged = tmp_path / "merged"
     proc = run([cli, "export", "yaml_examples/merge_lora.yaml", f"adapter_name_or_path={outs['gap_sft']}",
                 f"export_dir={merged}"], cwd=ROOT)

@@ -243,26 +243,7 @@ def test_two_ranks_same_order_and_same_added_rows_full_finetuning(tmp_path, tiny
     assert len(r0["rows"]) - N * len(pool) in _train_rows(cur_data)
 
 
-def test_dpo_curriculum_by_p_yes_with_replay(tmp_path, tiny_model, cur_data):
-    out = tmp_path / "dpo"
-    lf_train(
-        _config(tiny_model, cur_data, out, stage="dpo", dataset="pairs", num_train_epochs=2, save_strategy="no",
-                val_size=0.0, curriculum_difficulty="p_yes", curriculum_pacing="sqrt", replay_pool="pairs",
-                replay_judge_threshold=0.0),
-        tmp_path, env=RECORD,
-    )
-    order = _order(out)
-    pairs = _jsonl(cur_data["data"] / "pairs" / "data.jsonl")
-    by_image = {str(cur_data["data"] / r["unigap"]["image"]): 1.0 - r["unigap"]["mean_p_yes"] for r in pairs}
-    assert order["scores"] == pytest.approx([by_image[k] for k in order["rows"]])
-    _check_pacing(order, "sqrt", 2)
-    summary = json.loads((out / "unigap_replay/epoch_1/summary.json").read_text())
-    # threshold 0: every candidate is accepted, so prompts leave the pool but no pair has a rejected side
-    assert summary["prompts_recovered"] == summary["prompts_tried"] and summary["rows_added"] == 0
-    assert json.loads((out / "unigap_reference_check.json").read_text())["unchanged"]
-
-
-def test_curriculum_errors_name_the_rows(tmp_path, tiny_model, cur_data, example_data):
+def test_misaligned_metadata_fails_the_cli_naming_the_row(tmp_path, tiny_model, cur_data):
     data = tmp_path / "data"
     shutil.copytree(cur_data["data"], data)
     rows = _jsonl(data / "gap" / "data.jsonl")
@@ -272,16 +253,3 @@ def test_curriculum_errors_name_the_rows(tmp_path, tiny_model, cur_data, example
                     tmp_path, expect_ok=False)
     assert proc.returncode != 0
     assert "data.jsonl:2: curriculum metadata is for image" in proc.stderr and "misaligned" in proc.stderr
-
-    # rows without curriculum metadata (the example dataset) are refused unless curriculum_unlabeled says where
-    data = tmp_path / "data2"
-    shutil.copytree(cur_data["data"], data)
-    shutil.copy(example_data / "gen_sft.json", data / "gen_sft.json")
-    shutil.copytree(example_data / "images", data / "images")
-    info = json.loads((data / "dataset_info.json").read_text())
-    info["bare"] = json.loads((example_data / "dataset_info.json").read_text())["unigap_gen_sft"]
-    (data / "dataset_info.json").write_text(json.dumps(info))
-    proc = lf_train(_config(tiny_model, {**cur_data, "data": data}, tmp_path / "b", dataset="gap,bare",
-                            replay_epochs=None), tmp_path, expect_ok=False)
-    assert proc.returncode != 0
-    assert "training rows have no curriculum metadata" in proc.stderr and "datasets without metadata: bare" in proc.stderr
