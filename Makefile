@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_gen_training.py
 	$(BIN)/python benchmarks/bench_selfplay.py
 	$(BIN)/python benchmarks/bench_build.py
+	$(BIN)/python benchmarks/bench_curriculum.py
 
 clean:
 	rm -rf $(VENV) $(MODEL) saves outputs
