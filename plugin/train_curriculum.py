@@ -85,9 +85,6 @@ class ExtendedDataset(torch.utils.data.Dataset):
         # a fresh row each time, like the base dataset: the host's collator pops keys from what it gets
         return {key: list(value) if isinstance(value, list) else value for key, value in self.extra[index - n].items()}
 
-    @property
-    def column_names(self) -> list[str]:
-        return list(self.base.column_names)
 
 
 def curriculum_config(fa: Any, seed: int) -> CurriculumConfig:
@@ -145,6 +142,7 @@ class TrainingCurriculum:
                 raise ReplayError("replay needs the host's dataset processor, which this run did not create")
             self._check_parallelism(trainer)
             self.pool_entries = load_pool(self.replay.pool)
+            self.pool_by_id = {e["prompt_id"]: e for e in self.pool_entries}
             self.state.pool = [e["prompt_id"] for e in self.pool_entries]
             trainer.train_dataset = ExtendedDataset(trainer.train_dataset)
         from transformers import TrainerCallback
@@ -278,10 +276,6 @@ class TrainingCurriculum:
             entry = self.pool_by_id[item["prompt_id"]]
             self.added_metas.append(meta_from_pool(entry, f"replay epoch {item['epoch']}"))
         self._refresh_sampler()
-
-    @property
-    def pool_by_id(self) -> dict[str, dict[str, Any]]:
-        return {e["prompt_id"]: e for e in self.pool_entries}
 
     def restore(self, checkpoint: str | None) -> None:
         """Before a resumed run: the replays done and the rows added up to that checkpoint."""
