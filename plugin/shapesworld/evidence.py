@@ -1,0 +1,623 @@
+"""``unigap evidence``: the paper's claims, measured on ShapesWorld against the exact oracle.
+
+For every seed (``OUT/seed_S/``, each stage skipped when its output exists, so an
+interrupted run resumes):
+
+1. self-play of the embedded model on the TRAIN prompts (``unigap selfplay``'s own
+   code): N candidates per prompt, judged by the model itself;
+2. ``unigap build sft`` (every accepted image, generation rows only) and
+   ``unigap build dpo`` (most-yes vs most-no);
+3. three trainings through the host's unmodified ``llamafactory-cli train``
+   (full fine-tuning): SFT, C-SFT (easy-to-hard sampler + replay of the discard
+   pool with the model being trained) and DPO;
+4. the base model and the three trained ones measured on the TEST prompts (never
+   trained on, never self-played): images drawn with fresh seeds and checked by
+   the oracle (generation accuracy) and by the model's own judge
+   (non-unification); the judge asked about rendered correct images and near
+   misses (understanding accuracy, next to its share of Yes answers);
+5. gradient alignment on the base model: cosine of the generation-loss gradient
+   (prompt -> image codes) and the understanding-loss gradient (image + "does it
+   show the prompt?" -> Yes) over the shared LLM's weights, for matched
+   (prompt, image) samples and for unmatched ones (the image and question of
+   another prompt).
+
+Confidence intervals are 95% two-level bootstraps: seeds resampled, then test
+prompts (each prompt's samples stay together); a difference between two models
+is paired (same seeds, same prompts, same sampling seeds).  Each claim gets a
+verdict from its interval, written to ``OUT/evidence.md`` / ``evidence.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..fsutil import write_text_atomic
+from .world import LEVELS, Query, oracle, parse_prompt
+
+MODELS = ("base", "sft", "csft", "dpo")
+NAMES = {"base": "base model", "sft": "SFT", "csft": "C-SFT", "dpo": "DPO"}
+REPLICATES = 2000
+
+
+class EvidenceError(ValueError):
+    pass
+
+
+@dataclass
+class EvidenceConfig:
+    model: str = "models/shapes-janus"
+    out: str = "outputs/evidence"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    num_candidates: int = 4  # small N leaves a discard pool for C-SFT to replay (the paper also ran N = 2)
+    cfg_scale: float = 1.0  # self-play, replay and measurement sample from the model itself (no guidance)
+    threshold: float = 0.5
+    eval_samples: int = 16  # images per test prompt per model and seed
+    und_items: int = 16  # understanding questions per test prompt (half true, half near misses)
+    sft_epochs: int = 6
+    sft_lr: float = 1e-4
+    replay_epoch: int = 3  # C-SFT replays the discard pool after this epoch (paper: 10 of 20)
+    dpo_epochs: int = 10
+    dpo_lr: float = 5e-5
+    grad_pairs: int = 40  # matched samples per seed (as many unmatched)
+    models: tuple[str, ...] = MODELS
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _log(msg: str) -> None:
+    print(f"[unigap evidence] {msg}", flush=True)
+
+
+def _read_queries(path: Path) -> list[Query]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [parse_prompt(r["prompt"]) for r in rows]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1))
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def oracle_run(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of a self-play run, each with the oracle's verdict on its image (``correct``)."""
+    from PIL import Image
+
+    run = Path(run_dir)
+    out = []
+    for line in (run / "records.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        with Image.open(run / r["image"]) as img:
+            r["correct"] = oracle(img, r["prompt"])
+        out.append(r)
+    return out
+
+
+# ---------------------------------------------------------------------------------- stages
+def _selfplay(cfg: EvidenceConfig, seed: int, out: Path) -> Path:
+    from ..selfplay import SelfPlayConfig, run_selfplay
+
+    run = out / "selfplay"
+    if not (run / "summary.json").exists():
+        run_selfplay(SelfPlayConfig(
+            model_name_or_path=cfg.model, prompts=str(Path(cfg.model) / "prompts" / "train.jsonl"),
+            num_candidates=cfg.num_candidates, cfg_scale=cfg.cfg_scale, seed=1000 + seed, batch_size=64,
+            judge_threshold=cfg.threshold, output_dir=str(run), progress=False,
+        ))
+    return run
+
+
+def _build(run: Path, out: Path) -> Path:
+    from ..cli import main as unigap_main
+
+    data = out / "data"
+    for kind, name in (("sft", "gap_sft"), ("dpo", "gap_dpo")):
+        if not (data / name / "manifest.json").exists():
+            code = unigap_main(["build", kind, str(run), "--out", str(data), "--name", name, "--overwrite"])
+            if code:
+                raise EvidenceError(f"unigap build {kind} failed for {run}")
+    return data
+
+
+def train_config(cfg: EvidenceConfig, kind: str, data: Path, out_dir: Path, seed: int) -> dict[str, Any]:
+    common = {
+        "model_name_or_path": cfg.model, "do_train": True, "finetuning_type": "full", "template": "janus",
+        "dataset_dir": str(data), "cutoff_len": 256, "output_dir": str(out_dir), "overwrite_output_dir": True,
+        "logging_steps": 5, "save_strategy": "no", "report_to": "none", "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.1, "bf16": False, "seed": seed, "data_seed": seed, "dataloader_num_workers": 0,
+        "preprocessing_num_workers": 1,
+    }
+    if kind in ("sft", "csft"):
+        common.update(stage="sft", dataset="gap_sft", per_device_train_batch_size=32, learning_rate=cfg.sft_lr,
+                      num_train_epochs=cfg.sft_epochs, gen_prompt_dropout=0.1)
+        if kind == "csft":
+            common.update(curriculum_difficulty="label", curriculum_pacing="linear", curriculum_start=0.25,
+                          curriculum_full_at=0.5, replay_epochs=str(cfg.replay_epoch), replay_pool="gap_sft",
+                          replay_seed=2000 + seed)
+        return common
+    common.update(stage="dpo", dataset="gap_dpo", per_device_train_batch_size=8, learning_rate=cfg.dpo_lr,
+                  num_train_epochs=cfg.dpo_epochs, pref_beta=0.1, pref_loss="sigmoid", pref_ftx=0.1)
+    return common
+
+
+def _train(cfg: EvidenceConfig, kind: str, data: Path, out: Path, seed: int) -> Path:
+    import yaml
+
+    model_dir = out / "models" / kind
+    if (model_dir / "model.safetensors").exists() and (model_dir / "trainer_state.json").exists():
+        return model_dir
+    config = train_config(cfg, kind, data, model_dir, seed)
+    yaml_path = out / f"{kind}.yaml"
+    write_text_atomic(yaml_path, yaml.safe_dump(config, sort_keys=False))
+    log_path = out / f"{kind}.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1"}
+    with log_path.open("w") as handle:
+        proc = subprocess.run([_bin("llamafactory-cli"), "train", str(yaml_path)], stdout=handle,
+                              stderr=subprocess.STDOUT, env=env, check=False)
+    if proc.returncode:
+        raise EvidenceError(f"llamafactory-cli train {yaml_path} failed (exit {proc.returncode}); see {log_path}")
+    return model_dir
+
+
+def _evaluate(cfg: EvidenceConfig, model_dir: str, queries: Sequence[Query], seed: int, path: Path,
+              seen: Sequence[Query] = ()) -> dict[str, Any]:
+    if path.exists():
+        return json.loads(path.read_text())
+    from ..loading import load_unified
+    from .evaluate import generation_records, understanding_records
+
+    adapter = load_unified(str(model_dir), device="cpu")
+    result = {
+        "generation": generation_records(adapter, queries, cfg.eval_samples, seed=5000 + seed,
+                                         cfg_scale=cfg.cfg_scale),
+        "understanding": understanding_records(adapter, queries, cfg.und_items, seed=6000 + seed),
+    }
+    if seen:  # the train prompts the self-play data came from (fewer samples: a secondary figure)
+        result["seen_generation"] = generation_records(adapter, seen, max(1, cfg.eval_samples // 2),
+                                                       seed=7000 + seed, cfg_scale=cfg.cfg_scale)
+    _write_json(path, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------- gradient alignment
+def _flat_grad(loss: Any, params: Sequence[Any]) -> Any:
+    import torch
+
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+
+
+def gradient_vectors(adapter: Any, queries: Sequence[Query], rng: random.Random) -> tuple[list[Any], list[Any]]:
+    """Per query: the gradient (over the shared LLM's weights) of the generation loss of a correct
+    rendered image of it, and of the understanding loss of "does this image show it?" -> Yes."""
+    import torch
+    from PIL import Image
+
+    from ..selfplay import DEFAULT_QUESTION
+    from .world import render
+
+    model, spec, tok = adapter._base(), adapter.spec, adapter.tokenizer
+    params = [p for p in model.model.language_model.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    yes = adapter.answer_token_ids()[0]
+    side = model.config.vision_config.image_size
+    gen, und = [], []
+    for q in queries:
+        pixels, _ = render(q, rng)
+        image = Image.fromarray(pixels)
+        codes = adapter.encode_images([image])[0].tolist()
+        head = adapter.gen_prompt_ids(q.text)
+        ids = head + [spec.gen_offset + c for c in codes] + [spec.eoi_token_id, tok.eos_token_id]
+        labels = [-100] * (len(head) - 1) + ids[len(head) - 1 :]
+        out = adapter.target_nll(model, {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels])})
+        gen.append(_flat_grad((out.nll * out.gen_mask).sum() / out.gen_mask.sum(), params))
+        ids = adapter.und_prompt_ids(DEFAULT_QUESTION.format(prompt=q.text)) + [yes]
+        labels = [-100] * (len(ids) - 1) + [yes]
+        batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                 "pixel_values": adapter.pixels([image], size=side, fit="pad")}
+        out = adapter.target_nll(model, batch)
+        und.append(_flat_grad((out.nll * out.text_mask).sum() / out.text_mask.sum(), params))
+    return gen, und
+
+
+def gradient_alignment(model_dir: str, queries: Sequence[Query], pairs: int, seed: int) -> dict[str, list[float]]:
+    """Cosines gen-vs-und gradient for matched samples and for unmatched ones (another prompt's image
+    and question), ``pairs`` of each; the unmatched partner is always a different prompt."""
+    import torch
+
+    from ..loading import load_unified
+
+    adapter = load_unified(model_dir, device="cpu")
+    adapter.model.eval()
+    rng = random.Random(f"evidence-grad-{seed}")
+    chosen = [queries[rng.randrange(len(queries))] for _ in range(pairs)]
+    gen, und = gradient_vectors(adapter, chosen, rng)
+    partner = []
+    for i, q in enumerate(chosen):
+        others = [j for j, o in enumerate(chosen) if o.text != q.text]
+        partner.append(others[rng.randrange(len(others))])
+    cos = torch.nn.functional.cosine_similarity
+    matched = [float(cos(g, u, dim=0)) for g, u in zip(gen, und)]
+    unmatched = [float(cos(gen[i], und[j], dim=0)) for i, j in enumerate(partner)]
+    return {"matched": matched, "unmatched": unmatched, "prompts": [q.text for q in chosen]}
+
+
+# ---------------------------------------------------------------------------------- statistics
+def two_level_bootstrap(
+    num: np.ndarray, den: np.ndarray, seed: int = 0, replicates: int = REPLICATES
+) -> tuple[float, list[float]]:
+    """Point value and 95% interval of sum(num) / sum(den) over a (seeds, units) table,
+    resampling seeds, then units (the same units for every drawn seed).  ``num`` may have a
+    leading axis of 2 for a paired difference (first minus second)."""
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    paired = num.ndim == 3
+    rng = np.random.default_rng(seed)
+    s_count, u_count = num.shape[-2:]
+    si = rng.integers(0, s_count, size=(replicates, s_count))
+    ui = rng.integers(0, u_count, size=(replicates, u_count))
+    rows, cols = si[:, :, None], ui[:, None, :]
+
+    def stat(n: np.ndarray, d: np.ndarray, boot: bool) -> np.ndarray | float:
+        if not boot:
+            return float(n.sum() / d.sum()) if d.sum() else math.nan
+        dd = d[rows, cols].sum((1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return n[rows, cols].sum((1, 2)) / dd
+
+    dens = den if den.ndim == 3 else np.stack([den, den]) if paired else den
+    if paired:
+        value = stat(num[0], dens[0], False) - stat(num[1], dens[1], False)
+        draws = stat(num[0], dens[0], True) - stat(num[1], dens[1], True)
+    else:
+        value = stat(num, dens, False)
+        draws = stat(num, dens, True)
+    draws = draws[~np.isnan(draws)]
+    lo, hi = (np.percentile(draws, [2.5, 97.5]) if draws.size else (math.nan, math.nan))
+    return value, [float(lo), float(hi)]
+
+
+def _cells(records_by_seed: Sequence[Sequence[dict[str, Any]]], units: Sequence[str],
+           num: Callable[[dict[str, Any]], bool], den: Callable[[dict[str, Any]], bool]) -> tuple[np.ndarray, np.ndarray]:
+    where = {u: i for i, u in enumerate(units)}
+    n = np.zeros((len(records_by_seed), len(units)))
+    d = np.zeros_like(n)
+    for s, records in enumerate(records_by_seed):
+        for r in records:
+            j = where.get(r["prompt"])
+            if j is None:
+                continue
+            if den(r):
+                d[s, j] += 1
+                n[s, j] += bool(num(r))
+    return n, d
+
+
+def _entry(value: float, ci: list[float]) -> dict[str, Any]:
+    return {"value": value, "ci": ci}
+
+
+def _outside(ci: list[float], sign: int) -> bool:
+    return bool(ci[0] > 0) if sign > 0 else bool(ci[1] < 0)
+
+
+# ---------------------------------------------------------------------------------- analysis
+def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[float]]],
+            selfplay: list[list[dict[str, Any]]], threshold: float) -> dict[str, Any]:
+    """All figures and the six verdicts from the per-seed records."""
+    gen = {m: [e["generation"] for e in runs] for m, runs in evals.items()}
+    und = {m: [e["understanding"] for e in runs] for m, runs in evals.items()}
+    prompts = sorted({r["prompt"] for recs in gen["base"] for r in recs})
+    level_of = {r["prompt"]: r["level"] for recs in gen["base"] for r in recs}
+
+    def acc(r):
+        return r["p_yes"] >= threshold
+
+    def metric(model: str, kind: str, level: str | None = None, other: str | None = None) -> dict[str, Any]:
+        units = [p for p in prompts if level in (None, level_of[p])]
+        sel = gen if kind != "und" else und
+        num_fn = {"oracle": lambda r: r["correct"], "nonu": lambda r: not acc(r),
+                  "und": lambda r: acc(r) == r["truth"], "yes": acc}[kind]
+        n, d = _cells(sel[model], units, num_fn, lambda r: True)
+        if other is None:
+            return _entry(*two_level_bootstrap(n, d))
+        n2, d2 = _cells(sel[other], units, num_fn, lambda r: True)
+        return _entry(*two_level_bootstrap(np.stack([n, n2]), np.stack([d, d2])))
+
+    models = [m for m in MODELS if m in gen]
+    table: dict[str, Any] = {}
+    for m in models:
+        table[m] = {
+            "oracle_accuracy": {lv: metric(m, "oracle", lv) for lv in (*LEVELS, None)},
+            "non_unification": {lv: metric(m, "nonu", lv) for lv in (*LEVELS, None)},
+            "understanding_accuracy": metric(m, "und"),
+            "understanding_yes_share": metric(m, "yes"),
+        }
+    for m in table:
+        for k in ("oracle_accuracy", "non_unification"):
+            table[m][k]["all"] = table[m][k].pop(None)
+
+    seen: dict[str, Any] = {}
+    if all("seen_generation" in e for runs in evals.values() for e in runs):
+        sgen = {m: [e["seen_generation"] for e in runs] for m, runs in evals.items()}
+        sprompts = sorted({r["prompt"] for recs in sgen["base"] for r in recs})
+        for m in models:
+            row = {}
+            for kind, fn in (("oracle_accuracy", lambda r: r["correct"]), ("non_unification", lambda r: not acc(r))):
+                n, d = _cells(sgen[m], sprompts, fn, lambda r: True)
+                row[kind] = _entry(*two_level_bootstrap(n, d))
+                if m != "base":
+                    n0, d0 = _cells(sgen["base"], sprompts, fn, lambda r: True)
+                    row[kind + "_minus_base"] = _entry(*two_level_bootstrap(np.stack([n, n0]), np.stack([d, d0])))
+            seen[m] = row
+
+    claims: dict[str, Any] = {}
+    # 1. non-unification grows with difficulty (base model, test prompts; and the train-prompt self-play)
+    base_n = {lv: _cells(gen["base"], [p for p in prompts if level_of[p] == lv], lambda r: not acc(r), lambda r: True)
+              for lv in LEVELS}
+    diffs = {}
+    for hi_lv, lo_lv in (("medium", "easy"), ("hard", "medium"), ("hard", "easy")):
+        # unpaired across levels: different prompts; bootstrap each level's table with a shared seed draw
+        diffs[f"{hi_lv}-{lo_lv}"] = _level_diff(base_n[hi_lv], base_n[lo_lv])
+    sp_prompts = sorted({r["prompt"] for recs in selfplay for r in recs})
+    sp_level = {r["prompt"]: r["difficulty"] for recs in selfplay for r in recs}
+    sp = {lv: _entry(*two_level_bootstrap(*_cells(selfplay, [p for p in sp_prompts if sp_level[p] == lv],
+                                                        lambda r: not r["accepted"], lambda r: True)))
+          for lv in LEVELS}
+    sp_diff = _level_diff(*[_cells(selfplay, [p for p in sp_prompts if sp_level[p] == lv],
+                                   lambda r: not r["accepted"], lambda r: True) for lv in ("hard", "easy")])
+    grows = _outside(diffs["hard-easy"]["ci"], +1)
+    claims["1"] = {
+        "claim": "non-unification grows with task difficulty",
+        "test": {lv: table["base"]["non_unification"][lv] for lv in (*LEVELS, "all")},
+        "test_differences": diffs,
+        "train_selfplay": sp, "train_selfplay_hard_minus_easy": sp_diff,
+        "verdict": "confirmed" if grows else "not confirmed",
+        "rule": "hard - easy non-unification of the base model on the test prompts, 95% CI above 0",
+    }
+    # 2. rejected images: weak generation (oracle also rejects) vs misunderstanding (oracle accepts)
+    n, d = _cells(gen["base"], prompts, lambda r: not r["correct"], lambda r: not acc(r))
+    weak = _entry(*two_level_bootstrap(n, d))
+    n2, d2 = _cells(gen["base"], prompts, lambda r: r["correct"], lambda r: acc(r))
+    precision = _entry(*two_level_bootstrap(n2, d2))
+    n3, d3 = _cells(selfplay, sp_prompts, lambda r: not r["correct"], lambda r: not r["accepted"])
+    claims["2"] = {
+        "claim": "the gap comes from weak generation, not misunderstanding",
+        "rejected_oracle_also_rejects": weak,
+        "rejected_oracle_accepts": {"value": 1 - weak["value"], "ci": [1 - weak["ci"][1], 1 - weak["ci"][0]]},
+        "accepted_oracle_accepts": precision,
+        "train_selfplay_rejected_oracle_also_rejects": _entry(*two_level_bootstrap(n3, d3)),
+        "rejected_images": int(d.sum()),
+        "verdict": "confirmed" if weak["ci"][0] > 0.5 else "not confirmed",
+        "rule": "share of the base model's rejected test images that the oracle also rejects, 95% CI above 50%",
+    }
+    # 3. SFT: non-unification down, oracle generation accuracy up
+    if "sft" in gen:
+        d_non = metric("sft", "nonu", other="base")
+        d_acc = metric("sft", "oracle", other="base")
+        both = _outside(d_non["ci"], -1) and _outside(d_acc["ci"], +1)
+        one = _outside(d_non["ci"], -1) or _outside(d_acc["ci"], +1)
+        claims["3"] = {
+            "claim": "SFT on self-accepted images lowers non-unification and raises generation accuracy",
+            "non_unification_sft_minus_base": d_non, "oracle_accuracy_sft_minus_base": d_acc,
+            "per_level_oracle_accuracy_sft_minus_base": {lv: metric("sft", "oracle", lv, "base") for lv in LEVELS},
+            "seen_prompts": seen.get("sft", {}),
+            "verdict": "confirmed" if both else "partly confirmed" if one else "not confirmed",
+            "rule": "non-unification difference CI below 0 and oracle accuracy difference CI above 0",
+        }
+        # 4. co-improvement of understanding after generation-only training
+        d_und = metric("sft", "und", other="base")
+        claims["4"] = {
+            "claim": "generation-only SFT also improves understanding (co-improvement)",
+            "understanding_accuracy_sft_minus_base": d_und,
+            "others": {m: metric(m, "und", other="base") for m in ("csft", "dpo") if m in gen},
+            "verdict": "confirmed" if _outside(d_und["ci"], +1) else
+            "refuted (understanding fell)" if _outside(d_und["ci"], -1) else "not confirmed",
+            "rule": "understanding accuracy (rendered images vs near misses) difference SFT - base, CI above 0",
+        }
+    # 5. C-SFT vs SFT, DPO vs SFT
+    if "sft" in gen and ("csft" in gen or "dpo" in gen):
+        entry: dict[str, Any] = {"claim": "C-SFT adds on top of SFT; DPO gains less than SFT"}
+        verdicts = []
+        if "csft" in gen:
+            entry["oracle_accuracy_csft_minus_sft"] = metric("csft", "oracle", other="sft")
+            entry["non_unification_csft_minus_sft"] = metric("csft", "nonu", other="sft")
+            verdicts.append(("C-SFT > SFT", _outside(entry["oracle_accuracy_csft_minus_sft"]["ci"], +1)))
+        if "dpo" in gen:
+            entry["oracle_accuracy_dpo_minus_sft"] = metric("dpo", "oracle", other="sft")
+            entry["non_unification_dpo_minus_sft"] = metric("dpo", "nonu", other="sft")
+            verdicts.append(("DPO < SFT", _outside(entry["oracle_accuracy_dpo_minus_sft"]["ci"], -1)))
+        entry["verdict"] = "; ".join(f"{name}: {'confirmed' if ok else 'not confirmed'}" for name, ok in verdicts)
+        entry["rule"] = "oracle accuracy differences on the test prompts, CI above 0 (C-SFT - SFT) / below 0 (DPO - SFT)"
+        claims["5"] = entry
+    # 6. gradient alignment
+    if grads:
+        m = np.array([g["matched"] for g in grads])
+        u = np.array([g["unmatched"] for g in grads])
+        ones = np.ones_like(m)
+        diff = _entry(*two_level_bootstrap(np.stack([m, u]), np.stack([ones, ones])))
+        claims["6"] = {
+            "claim": "generation and understanding gradients align for matched samples (shared eNTK)",
+            "cosine_matched": _entry(*two_level_bootstrap(m, ones)),
+            "cosine_unmatched": _entry(*two_level_bootstrap(u, ones)),
+            "matched_minus_unmatched": diff,
+            "pairs": int(m.size),
+            "verdict": "confirmed" if _outside(diff["ci"], +1) else "not confirmed",
+            "rule": "mean cosine matched - unmatched, CI above 0",
+        }
+    return {"table": table, "seen_table": seen, "claims": claims, "prompts": len(prompts),
+            "prompts_per_level": {lv: sum(level_of[p] == lv for p in prompts) for lv in LEVELS}}
+
+
+def _level_diff(hi: tuple[np.ndarray, np.ndarray], lo: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """Difference of two levels' rates (different prompts): each level resampled on its own."""
+    if not hi[1].sum() or not lo[1].sum():
+        return {"value": math.nan, "ci": [math.nan, math.nan]}
+    v_hi = hi[0].sum() / hi[1].sum()
+    v_lo = lo[0].sum() / lo[1].sum()
+    draws = []
+    for k, (n, d) in enumerate((hi, lo)):
+        rng = np.random.default_rng(11 + k)
+        si = rng.integers(0, n.shape[0], size=(REPLICATES, n.shape[0]))[:, :, None]
+        ui = rng.integers(0, n.shape[1], size=(REPLICATES, n.shape[1]))[:, None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            draws.append(n[si, ui].sum((1, 2)) / d[si, ui].sum((1, 2)))
+    diff = draws[0] - draws[1]
+    lo_ci, hi_ci = np.percentile(diff[~np.isnan(diff)], [2.5, 97.5])
+    return {"value": float(v_hi - v_lo), "ci": [float(lo_ci), float(hi_ci)]}
+
+
+# ---------------------------------------------------------------------------------- report
+def _pct(e: dict[str, Any], signed: bool = False) -> str:
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    return f"{fmt.format(100 * e['value'])} [{fmt.format(100 * e['ci'][0])}, {fmt.format(100 * e['ci'][1])}]"
+
+
+def markdown(result: dict[str, Any], cfg: dict[str, Any]) -> str:
+    t, c = result["table"], result["claims"]
+    per = result["prompts_per_level"]
+    lines = [
+        "# unigap evidence: the paper's claims on ShapesWorld (exact oracle)",
+        "",
+        f"Model `{cfg['model']}`; seeds {', '.join(map(str, cfg['seeds']))}; self-play on the train prompts "
+        f"(N = {cfg['num_candidates']}, CFG {cfg['cfg_scale']}, threshold {cfg['threshold']}); measured on the "
+        f"{result['prompts']} test prompts (easy {per['easy']}, medium {per['medium']}, hard {per['hard']}), "
+        f"{cfg['eval_samples']} images and {cfg['und_items']} understanding questions per prompt, model and seed. "
+        "Figures in %, [95% CI] from a two-level bootstrap (seeds, then prompts).",
+        "",
+        "## Verdicts",
+        "",
+        "| # | claim | verdict | key figure |",
+        "|---|---|---|---|",
+    ]
+    key = {
+        "1": lambda e: f"non-unification hard - easy {_pct(e['test_differences']['hard-easy'], True)}",
+        "2": lambda e: f"rejected that the oracle also rejects {_pct(e['rejected_oracle_also_rejects'])}",
+        "3": lambda e: f"non-unification {_pct(e['non_unification_sft_minus_base'], True)}, "
+                       f"accuracy {_pct(e['oracle_accuracy_sft_minus_base'], True)}",
+        "4": lambda e: f"understanding {_pct(e['understanding_accuracy_sft_minus_base'], True)}",
+        "5": lambda e: "; ".join(f"{label} {_pct(e[k], True)}" for label, k in (
+            ("C-SFT - SFT accuracy", "oracle_accuracy_csft_minus_sft"),
+            ("DPO - SFT accuracy", "oracle_accuracy_dpo_minus_sft")) if k in e),
+        "6": lambda e: f"cosine matched {e['cosine_matched']['value']:.3f} vs unmatched "
+                       f"{e['cosine_unmatched']['value']:.3f} (difference {e['matched_minus_unmatched']['value']:+.3f} "
+                       f"[{e['matched_minus_unmatched']['ci'][0]:+.3f}, {e['matched_minus_unmatched']['ci'][1]:+.3f}])",
+    }
+    for k in sorted(c):
+        lines.append(f"| {k} | {c[k]['claim']} | **{c[k]['verdict']}** | {key[k](c[k])} |")
+    lines += ["", "## Per model, test prompts", "",
+              "| model | oracle accuracy | easy | medium | hard | non-unification | easy | medium | hard | "
+              "understanding acc. | Yes share |", "|---|" + "---|" * 10]
+    for m, row in t.items():
+        oa, nu = row["oracle_accuracy"], row["non_unification"]
+        lines.append(f"| {NAMES[m]} | {_pct(oa['all'])} | " + " | ".join(f"{100 * oa[lv]['value']:.1f}" for lv in LEVELS)
+                     + f" | {_pct(nu['all'])} | " + " | ".join(f"{100 * nu[lv]['value']:.1f}" for lv in LEVELS)
+                     + f" | {_pct(row['understanding_accuracy'])} | {100 * row['understanding_yes_share']['value']:.1f} |")
+    if result.get("seen_table"):
+        lines += ["", "Secondary: the same models on the train prompts their self-play data came from (seen prompts, "
+                  "half the images per prompt):", "",
+                  "| model | oracle accuracy | vs base | non-unification | vs base |", "|---|---|---|---|---|"]
+        for m, row in result["seen_table"].items():
+            lines.append(f"| {NAMES[m]} | {_pct(row['oracle_accuracy'])} | "
+                         + (_pct(row['oracle_accuracy_minus_base'], True) if m != "base" else "") + f" | "
+                         + f"{_pct(row['non_unification'])} | "
+                         + (_pct(row['non_unification_minus_base'], True) if m != "base" else "") + " |")
+    c1 = c["1"]
+    lines += ["", "## Details", "",
+              "**1.** Base model, non-unification per level on the test prompts: "
+              + ", ".join(f"{lv} {_pct(c1['test'][lv])}" for lv in LEVELS)
+              + "; differences " + ", ".join(f"{k} {_pct(v, True)}" for k, v in c1["test_differences"].items())
+              + ". On its own train-prompt self-play (the data it trains on): "
+              + ", ".join(f"{lv} {_pct(c1['train_selfplay'][lv])}" for lv in LEVELS)
+              + f"; hard - easy {_pct(c1['train_selfplay_hard_minus_easy'], True)}.",
+              "",
+              f"**2.** Of {c['2']['rejected_images']} rejected test images, the oracle also rejects "
+              f"{_pct(c['2']['rejected_oracle_also_rejects'])} (weak generation) and accepts "
+              f"{_pct(c['2']['rejected_oracle_accepts'])} (misunderstanding). Of the images the judge accepts, "
+              f"the oracle accepts {_pct(c['2']['accepted_oracle_accepts'])}. Train-prompt self-play: rejected that "
+              f"the oracle also rejects {_pct(c['2']['train_selfplay_rejected_oracle_also_rejects'])}."]
+    if "3" in c:
+        lines += ["", "**3.** SFT - base, oracle accuracy per level: " + ", ".join(
+            f"{lv} {_pct(v, True)}" for lv, v in c["3"]["per_level_oracle_accuracy_sft_minus_base"].items()) + "."]
+    if "4" in c:
+        lines += ["", "**4.** Understanding accuracy difference vs the base model: SFT "
+                  f"{_pct(c['4']['understanding_accuracy_sft_minus_base'], True)}"
+                  + "".join(f", {NAMES[m]} {_pct(v, True)}" for m, v in c["4"]["others"].items()) + "."]
+    if "5" in c:
+        lines += ["", "**5.** " + "; ".join(f"{k.replace('_', ' ')} {_pct(v, True)}" for k, v in c["5"].items()
+                                          if isinstance(v, dict)) + "."]
+    if "6" in c:
+        lines += ["", f"**6.** {c['6']['pairs']} matched and as many unmatched samples over the seeds; gradients over "
+                  "every weight of the shared LLM; unmatched = the understanding sample of another prompt."]
+    lines += ["", "Rules: " + "; ".join(f"{k}: {c[k]['rule']}" for k in sorted(c)) + ".", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- driver
+def run_evidence(cfg: EvidenceConfig) -> dict[str, Any]:
+    model = Path(cfg.model)
+    if not (model / "shapesworld.json").exists():
+        raise EvidenceError(f"{model} is not a ShapesWorld model (no shapesworld.json): evidence needs the oracle's world")
+    for split in ("train", "test"):
+        if not (model / "prompts" / f"{split}.jsonl").exists():
+            raise EvidenceError(f"{model}/prompts/{split}.jsonl is missing")
+    unknown = set(cfg.models) - set(MODELS)
+    if unknown or "base" not in cfg.models:
+        raise EvidenceError(f"models must include base and be among {MODELS}, got {cfg.models}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    test = _read_queries(model / "prompts" / "test.jsonl")
+    train = _read_queries(model / "prompts" / "train.jsonl")
+    times: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        value = fn()
+        times[name] = times.get(name, 0.0) + time.perf_counter() - start
+        return value
+
+    evals: dict[str, list[dict[str, Any]]] = {m: [] for m in cfg.models}
+    grads, selfplay = [], []
+    for seed in cfg.seeds:
+        sdir = out / f"seed_{seed}"
+        sdir.mkdir(exist_ok=True)
+        _log(f"seed {seed}: self-play on the train prompts")
+        run = timed("self-play", lambda: _selfplay(cfg, seed, sdir))
+        selfplay.append(timed("oracle", lambda: oracle_run(run)))
+        data = timed("build", lambda: _build(run, sdir))
+        dirs = {"base": str(model)}
+        for kind in cfg.models:
+            if kind != "base":
+                _log(f"seed {seed}: llamafactory-cli train ({NAMES[kind]})")
+                dirs[kind] = str(timed(f"train {NAMES[kind]}", lambda: _train(cfg, kind, data, sdir, seed)))
+        for kind in cfg.models:
+            _log(f"seed {seed}: measuring {NAMES[kind]} on the test prompts")
+            evals[kind].append(timed("evaluate", lambda: _evaluate(cfg, dirs[kind], test, seed,
+                                                                   sdir / "eval" / f"{kind}.json", train)))
+        gpath = sdir / "gradients.json"
+        if not gpath.exists() and cfg.grad_pairs:
+            _log(f"seed {seed}: gradient alignment")
+            _write_json(gpath, timed("gradients", lambda: gradient_alignment(str(model), test, cfg.grad_pairs, seed)))
+        if gpath.exists():
+            grads.append(json.loads(gpath.read_text()))
+    result = analyse(evals, grads, selfplay, cfg.threshold)
+    public = {k: v for k, v in asdict(cfg).items() if k != "extra"}
+    result["config"] = public
+    result["seconds"] = {k: round(v, 1) for k, v in times.items()}
+    _write_json(out / "evidence.json", result)
+    write_text_atomic(out / "evidence.md", markdown(result, public))
+    return result

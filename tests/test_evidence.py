@@ -1,0 +1,110 @@
+"""`unigap evidence`'s statistics, verdicts and gradient alignment (claim 6), checked independently."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unigap.shapesworld.evidence import analyse, gradient_vectors, two_level_bootstrap
+from unigap.shapesworld.world import LEVELS, make_splits, render
+
+from helpers import SYSTEM, USER, prompt_ids
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = ROOT / "models" / "shapes-janus"
+
+
+def test_two_level_bootstrap_point_paired_and_coverage():
+    num = np.array([[3.0, 1.0, 2.0], [2.0, 2.0, 4.0]])
+    den = np.full_like(num, 4.0)
+    value, (lo, hi) = two_level_bootstrap(num, den)
+    assert value == pytest.approx(14 / 24) and lo <= value <= hi
+    same, ci = two_level_bootstrap(np.stack([num, num]), np.stack([den, den]))
+    assert same == 0 and ci == [0.0, 0.0]  # a paired difference of identical tables has no spread
+    # coverage of the true rate by the 95% interval, on simulated (seeds x prompts) binomial tables
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(120):
+        rates = np.clip(rng.normal(0.4, 0.15, size=30), 0.02, 0.98)  # prompts differ
+        n = rng.binomial(16, np.broadcast_to(rates, (3, 30)))
+        _, (lo, hi) = two_level_bootstrap(n, np.full((3, 30), 16.0), seed=int(rng.integers(1 << 30)), replicates=400)
+        hits += lo <= rates.mean() <= hi
+    assert 0.85 <= hits / 120 <= 1.0
+
+
+def _records(acc_by_level: dict[str, float], nonu: float, und_acc: float, seeds: int = 2, rng=None):
+    rng = rng or random.Random(0)
+    queries = list(make_splits(0).test)
+    gen, und = [], []
+    for q in queries:
+        for _ in range(12):
+            gen.append({"prompt": q.text, "level": q.level, "correct": rng.random() < acc_by_level[q.level],
+                        "p_yes": 0.1 if rng.random() < nonu else 0.9})
+            truth = rng.random() < 0.5
+            right = rng.random() < und_acc
+            und.append({"prompt": q.text, "level": q.level, "truth": truth, "p_yes": 0.9 if truth == right else 0.1})
+    return {"generation": gen, "understanding": und}
+
+
+def test_verdicts_follow_the_intervals():
+    """A clearly better SFT model confirms claim 3; an identical one does not."""
+    rng = random.Random(1)
+    base = [_records({"easy": 0.5, "medium": 0.4, "hard": 0.3}, 0.3, 0.9, rng=rng) for _ in range(2)]
+    better = [_records({"easy": 0.9, "medium": 0.9, "hard": 0.8}, 0.05, 0.99, rng=rng) for _ in range(2)]
+    result = analyse({"base": base, "sft": better}, [], [[{"prompt": "p", "difficulty": "easy", "accepted": True,
+                                                           "correct": True}]], 0.5)
+    c = result["claims"]
+    assert c["3"]["verdict"] == "confirmed" and c["3"]["oracle_accuracy_sft_minus_base"]["value"] > 0.3
+    assert c["4"]["verdict"] == "confirmed"
+    twin = analyse({"base": base, "sft": base}, [], [[{"prompt": "p", "difficulty": "easy", "accepted": True,
+                                                       "correct": True}]], 0.5)
+    assert twin["claims"]["3"]["verdict"] == "not confirmed"
+    assert twin["claims"]["3"]["oracle_accuracy_sft_minus_base"]["ci"] == [0.0, 0.0]
+    assert set(result["table"]["base"]["oracle_accuracy"]) == {*LEVELS, "all"}
+
+
+def test_gradients_match_transformers_own_losses():
+    """Claim 6's two gradients equal the gradients of losses computed with transformers' own Janus forward."""
+    from transformers import AutoProcessor
+
+    from unigap.loading import load_unified
+
+    adapter = load_unified(str(SHAPES), device="cpu")
+    adapter.model.eval()
+    queries = list(make_splits(0).test)[:2]
+    gen, und = gradient_vectors(adapter, queries, random.Random(5))
+    model, tok = adapter._base(), adapter.tokenizer
+    processor = AutoProcessor.from_pretrained(SHAPES)
+    params = list(model.model.language_model.parameters())
+    rng = random.Random(5)
+    for q, g_gen, g_und in zip(queries, gen, und):
+        pixels, _ = render(q, rng)
+        from PIL import Image
+
+        image = Image.fromarray(pixels)
+        codes = adapter.encode_images([image])
+        ids = torch.tensor([prompt_ids(tok, q.text)])
+        embeds = torch.cat([model.get_input_embeddings()(ids), model.prepare_embeddings_for_image_generation(codes[:, :-1])], 1)
+        hidden = model.model.language_model(inputs_embeds=embeds).last_hidden_state
+        logits = model.model.generation_head(hidden[:, ids.shape[1] - 1 :]).float()
+        loss = torch.nn.functional.cross_entropy(logits[0], codes[0])
+        ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+        assert torch.nn.functional.cosine_similarity(ref, g_gen, dim=0) > 0.9999
+        assert torch.allclose(ref.norm(), g_gen.norm(), rtol=1e-3)
+
+        n = model.config.vision_config.num_image_tokens
+        image_text = "<begin_of_image>" + "<image_placeholder>" * n + "<end_of_image>"
+        head = [tok.bos_token_id] + tok.encode(SYSTEM + USER.format(image_text + "\n" + f"Does this image show {q.text}?"),
+                                               add_special_tokens=False)
+        yes = tok.encode(" Yes", add_special_tokens=False)[:1]
+        pixel_values = processor.image_processor([image], return_tensors="pt")["pixel_values"]
+        out = model(input_ids=torch.tensor([head + yes]), pixel_values=pixel_values,
+                    labels=torch.tensor([[-100] * len(head) + yes]))
+        ref = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                         for g, p in zip(torch.autograd.grad(out.loss, params, allow_unused=True), params)])
+        assert torch.nn.functional.cosine_similarity(ref, g_und, dim=0) > 0.999
+        assert torch.allclose(ref.norm(), g_und.norm(), rtol=1e-2)
