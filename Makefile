@@ -1,12 +1,13 @@
 # unigap: two commands for people (README): `make demo` and `make test`.
 # Both create .venv (idempotent, fast when nothing changed), install LLaMA-Factory,
-# unigap (editable) and the test tools, and build the embedded default model.
+# unigap (editable) and the test tools, and build the curriculum examples' self-play data
+# with the embedded default model (models/shapes-janus, committed: nothing to build).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.unigap-installed
-MODEL  := models/tiny-janus
+MODEL  := models/shapes-janus
 EXDATA := outputs/examples/data/dataset_info.json
 PIP    := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip
 
@@ -24,13 +25,16 @@ $(STAMP): setup.cfg setup.py pyproject.toml constraints.txt
 	$(BIN)/llamafactory-cli version > /dev/null
 	touch $@
 
-# The embedded default model: a tiny random Janus built offline (seconds).
-$(MODEL)/config.json: $(STAMP) plugin/tiny.py
-	$(BIN)/unigap tiny-model --out $(MODEL) --force
+# The embedded default model: a tiny Janus trained on ShapesWorld (scripts/train_default.py, 45 min
+# on CPU), committed to the repository. Nothing builds it here: a checkout without it is broken.
+$(MODEL)/config.json $(MODEL)/model.safetensors:
+	@echo "error: $(MODEL) is missing: it is committed to the repository (git checkout -- $(MODEL)," >&2
+	@echo "       or rebuild it with scripts/train_default.py)" >&2
+	@exit 1
 
 # The self-play dataset of the curriculum examples (gap_csft.yaml, gap_dpo_curriculum.yaml): the default
 # model's own images, judged by itself and built by unigap, with the discard pool that replay retries.
-$(EXDATA): $(MODEL)/config.json yaml_examples/selfplay.yaml yaml_examples/prompts/shapes.jsonl
+$(EXDATA): $(STAMP) $(MODEL)/config.json $(MODEL)/model.safetensors yaml_examples/selfplay.yaml yaml_examples/prompts/shapes.jsonl
 	rm -rf outputs/examples
 	$(BIN)/unigap selfplay yaml_examples/selfplay.yaml output_dir=outputs/examples/selfplay progress=false
 	$(BIN)/unigap build sft outputs/examples/selfplay --out outputs/examples/data --name gap_selfplay --with-und
@@ -48,5 +52,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_build.py
 	$(BIN)/python benchmarks/bench_curriculum.py
 
+# models/shapes-janus is committed and never removed; models/tiny-janus is what older checkouts built
+# (tests and benchmarks/bench_curriculum.py now build their tiny random model in a temp dir).
 clean:
-	rm -rf $(VENV) $(MODEL) saves outputs
+	rm -rf $(VENV) models/tiny-janus saves outputs

@@ -4,6 +4,12 @@
 * ``unigap_gen_dpo``: prompt -> two of its own images, chosen = the one its own
   understanding judged more likely to show the prompt (the method in miniature);
 * ``unigap_und_sft``: drawn shapes + "Does this image show ...?" -> Yes / No.
+
+For a ShapesWorld model (its directory has ``shapesworld.json``, like the embedded
+default ``models/shapes-janus``) the prompts are the world's (two per category from
+the model's ``prompts/train.jsonl``) and the understanding rows show images rendered
+by the world: per prompt a correct image and a near miss, each labelled by the exact
+oracle. Any other model gets generic coloured squares and circles.
 """
 
 from __future__ import annotations
@@ -30,6 +36,59 @@ def draw_shape(colour: str, shape: str, size: int = 64):
     return image
 
 
+def is_shapesworld_model(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / "shapesworld.json").is_file()
+
+
+def shapesworld_example_queries(model_dir: str | Path, per_category: int = 2) -> list:
+    """A fixed handful of the world's prompts: the first ``per_category`` of each category, in file order
+    (the model's training prompts when it ships ``prompts/train.jsonl``, else every prompt of the world)."""
+    from ..shapesworld.world import all_queries, parse_prompt
+
+    path = Path(model_dir) / "prompts" / "train.jsonl"
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        queries = [parse_prompt(json.loads(line)["prompt"]) for line in lines]
+    else:
+        queries = all_queries()
+    taken: dict[str, int] = {}
+    chosen = []
+    for query in queries:
+        if taken.get(query.category, 0) < per_category:
+            taken[query.category] = taken.get(query.category, 0) + 1
+            chosen.append(query)
+    return chosen
+
+
+def _generic_und_rows(root: Path, rng: random.Random) -> list[dict]:
+    und = []
+    for i, (colour, shape) in enumerate((c, s) for c in COLOURS for s in SHAPES):
+        rel = f"images/shape_{i:03d}.png"
+        draw_shape(colour, shape).save(root / rel)
+        asked = (colour, shape) if rng.random() < 0.5 else (rng.choice([c for c in COLOURS if c != colour]), shape)
+        answer = "Yes" if asked == (colour, shape) else "No"
+        und.append(und_sft_row(rel, JUDGE_QUESTION.format(prompt=f"a {asked[0]} {asked[1]}"), answer))
+    return und
+
+
+def _shapesworld_und_rows(root: Path, queries: list, seed: int) -> list[dict]:
+    """Per prompt: a correct image and a near miss, asked the judge's question; answers from the exact oracle."""
+    from PIL import Image
+
+    from ..shapesworld.data import near_miss, yes_no_item
+    from ..shapesworld.world import render_scene, sample_scene
+
+    rng = random.Random(f"unigap-example-und-{seed}")
+    und = []
+    for query in queries:
+        for scene in (sample_scene(query, rng), near_miss(query, rng)):
+            item = yes_no_item(scene, query)
+            rel = f"images/scene_{len(und):03d}.png"
+            Image.fromarray(render_scene(item.scene)).save(root / rel)
+            und.append(und_sft_row(rel, item.question, item.answer))
+    return und
+
+
 def write_example_datasets(model_dir: str | Path, out_dir: str | Path, seed: int = 0, overwrite: bool = False):
     """Write the three example datasets and their ``dataset_info.json`` (atomically)."""
     import torch
@@ -40,7 +99,13 @@ def write_example_datasets(model_dir: str | Path, out_dir: str | Path, seed: int
 
     model = JanusForConditionalGeneration.from_pretrained(model_dir).eval()
     adapter = JanusAdapter(model, AutoTokenizer.from_pretrained(model_dir))
-    prompts = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
+    shapesworld = is_shapesworld_model(model_dir)
+    if shapesworld:
+        queries = shapesworld_example_queries(model_dir)
+        prompts = [q.text for q in queries]
+    else:
+        queries = []
+        prompts = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
     rng = random.Random(seed)
     counts = {}
     with atomic_directory(out_dir, overwrite=overwrite) as root, torch.no_grad():
@@ -67,13 +132,7 @@ def write_example_datasets(model_dir: str | Path, out_dir: str | Path, seed: int
                 rels.append(rel)
             dpo.append(gen_dpo_row(prompt, *rels))
 
-        und = []
-        for i, (colour, shape) in enumerate((c, s) for c in COLOURS for s in SHAPES):
-            rel = f"images/shape_{i:03d}.png"
-            draw_shape(colour, shape).save(root / rel)
-            asked = (colour, shape) if rng.random() < 0.5 else (rng.choice([c for c in COLOURS if c != colour]), shape)
-            answer = "Yes" if asked == (colour, shape) else "No"
-            und.append(und_sft_row(rel, JUDGE_QUESTION.format(prompt=f"a {asked[0]} {asked[1]}"), answer))
+        und = _shapesworld_und_rows(root, queries, seed) if shapesworld else _generic_und_rows(root, rng)
 
         info = {}
         for name, rows, ranking in (("gen_sft", sft, False), ("gen_dpo", dpo, True), ("und_sft", und, False)):

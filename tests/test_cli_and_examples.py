@@ -9,7 +9,7 @@ import torch
 
 from conftest import BIN, ROOT, run
 
-DEFAULT_MODEL = ROOT / "models" / "tiny-janus"
+DEFAULT_MODEL = ROOT / "models" / "shapes-janus"  # committed (a tiny Janus trained on ShapesWorld)
 
 
 def test_tiny_model_command_writes_a_loadable_janus(tmp_path):
@@ -65,7 +65,7 @@ def test_generate_rejects_an_adapter_for_another_model(tmp_path, tiny_model):
 @pytest.mark.e2e
 def test_yaml_examples_run_as_is_from_the_repo_root(tmp_path):
     """The shipped training YAML files and the merge example, on the embedded default and its data."""
-    assert (DEFAULT_MODEL / "config.json").exists(), "the embedded default model is missing: run `make setup`"
+    assert (DEFAULT_MODEL / "config.json").exists(), "the embedded default model models/shapes-janus is missing"
     cli = str(BIN / "llamafactory-cli")
     outs = {}
     for name in ("gap_sft", "gap_dpo", "gap_sft_full", "gap_dpo_full"):
@@ -79,7 +79,9 @@ def test_yaml_examples_run_as_is_from_the_repo_root(tmp_path):
         assert json.loads((outs[name] / "unigap_reference_check.json").read_text())["unchanged"]
     # the curriculum examples, shortened (their data is the self-play dataset `make setup` builds)
     assert (ROOT / "outputs/examples/data/gap_selfplay/discard_pool.jsonl").exists(), "run `make setup`"
-    for name in ("gap_csft", "gap_dpo_curriculum"):
+    for name, pool in (("gap_csft", "gap_selfplay"), ("gap_dpo_curriculum", "gap_selfplay_dpo")):
+        pool_size = len((ROOT / "outputs/examples/data" / pool / "discard_pool.jsonl").read_text().splitlines())
+        assert pool_size > 0, f"{pool}: the example self-play left no prompt for replay to retry"
         out = tmp_path / name
         proc = run([cli, "train", f"yaml_examples/{name}.yaml", f"output_dir={out}", "num_train_epochs=2",
                     "replay_epochs=1"], cwd=ROOT, env={"UNIGAP_RECORD_ORDER": "1"})
@@ -87,7 +89,7 @@ def test_yaml_examples_run_as_is_from_the_repo_root(tmp_path):
         history = json.loads((out / "trainer_state.json").read_text())["log_history"]
         assert any("curriculum_share" in row for row in history) and any("replay_rows_added" in row for row in history)
         summary = json.loads((out / "unigap_replay/epoch_1/summary.json").read_text())
-        assert summary["prompts_tried"] == 3 and (out / "adapter_model.safetensors").exists()
+        assert summary["prompts_tried"] == pool_size and (out / "adapter_model.safetensors").exists()
     # the DPO example orders its pairs by the prompt's mean P(yes) (read back from the pairs' own metadata)
     order = json.loads((tmp_path / "gap_dpo_curriculum/unigap_order.rank0.json").read_text())
     data = ROOT / "outputs/examples/data"
@@ -109,7 +111,7 @@ def test_shipped_example_data_is_reproducible_from_the_default_model(tmp_path):
     """yaml_examples/data is exactly what `unigap example-data` writes for the embedded default."""
     import filecmp
 
-    assert (DEFAULT_MODEL / "config.json").exists(), "the embedded default model is missing: run `make setup`"
+    assert (DEFAULT_MODEL / "config.json").exists(), "the embedded default model models/shapes-janus is missing"
     out = tmp_path / "data"
     proc = run([str(BIN / "unigap"), "example-data", "--model", str(DEFAULT_MODEL), "--out", str(out)])
     assert proc.returncode == 0, proc.stderr[-2000:]

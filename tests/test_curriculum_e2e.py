@@ -37,13 +37,17 @@ def _midpoint_split(values: list[float], keep_share: float) -> float:
 @pytest.fixture(scope="module")
 def cur_data(tmp_path_factory, tiny_model):
     """A self-play run (15 prompts x 2) and SFT / DPO datasets with a discard pool of about a third."""
+    from unigap.shapesworld.world import all_queries
+
     root = tmp_path_factory.mktemp("curriculum")
-    prompts = _jsonl(ROOT / "yaml_examples/prompts/shapes.jsonl")
+    # five prompts per level of ShapesWorld's grammar (the tiny random model draws nothing in particular)
+    prompts = [q.to_prompt_row() for q in all_queries()]
     subset = [p for level in LEVEL for p in [q for q in prompts if q["difficulty"] == level][:5]]
     (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in subset))
+    # cfg_scale pinned: test_replay_adds_what_the_current_model_accepts redraws with it
     proc = run([str(BIN / "unigap"), "selfplay", "yaml_examples/selfplay.yaml", f"model_name_or_path={tiny_model}",
                 f"prompts={root / 'prompts.jsonl'}", f"output_dir={root / 'run'}", f"num_candidates={N}",
-                "progress=false"])
+                "cfg_scale=5.0", "progress=false"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = _jsonl(root / "run" / "records.jsonl")
     best = {}
