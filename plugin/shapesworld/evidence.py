@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,6 @@ class EvidenceConfig:
     dpo_lr: float = 5e-5
     grad_pairs: int = 40  # matched samples per seed (as many unmatched)
     models: tuple[str, ...] = MODELS
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -615,7 +614,7 @@ def run_evidence(cfg: EvidenceConfig) -> dict[str, Any]:
         if gpath.exists():
             grads.append(json.loads(gpath.read_text()))
     result = analyse(evals, grads, selfplay, cfg.threshold)
-    public = {k: v for k, v in asdict(cfg).items() if k != "extra"}
+    public = asdict(cfg)
     result["config"] = public
     result["seconds"] = {k: round(v, 1) for k, v in times.items()}
     _write_json(out / "evidence.json", result)
