@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Training data from the first self-play: {sft_rows} SFT rows (accepted images), discard pool {pool} prompts, "
         f"{pairs} DPO pairs. C-SFT replayed the pool after epoch {cfg.replay_epoch}: {replay['prompts_tried']} tried, "
         f"{replay['prompts_recovered']} recovered, {replay['rows_added']} rows added. Self-play after training uses "
-        "the same seeds, so before / after differences are paired. Figures in %, [95% CI] (bootstrap over prompts).",
+        "the same seeds, so before / after differences are paired. Figures in %, [95% CI] (bootstrap over prompts, then the images of each).",
         "",
         "## Before / after",
         "",

@@ -23,8 +23,12 @@ def test_two_level_bootstrap_point_paired_and_coverage():
     den = np.full_like(num, 4.0)
     value, (lo, hi) = two_level_bootstrap(num, den)
     assert value == pytest.approx(14 / 24) and lo <= value <= hi
-    same, ci = two_level_bootstrap(np.stack([num, num]), np.stack([den, den]))
-    assert same == 0 and ci == [0.0, 0.0]  # a paired difference of identical tables has no spread
+    same, ci = two_level_bootstrap(np.stack([num, num]), np.stack([den, den]), within=False)
+    assert same == 0 and ci == [0.0, 0.0]  # seeds and prompts are drawn once for both sides of a pair
+    # one prompt of one seed: only its own outcomes vary (3 of 4 right: the interval spans 0.25 .. 1)
+    one, ci = two_level_bootstrap(np.array([[3.0]]), np.array([[4.0]]))
+    assert one == 0.75 and ci[0] <= 0.25 and ci[1] == 1.0
+    assert two_level_bootstrap(np.array([[3.0]]), np.array([[4.0]]), within=False)[1] == [0.75, 0.75]
     # coverage of the true rate by the 95% interval, on simulated (seeds x prompts) binomial tables
     rng = np.random.default_rng(0)
     hits = 0
@@ -63,7 +67,11 @@ def test_verdicts_follow_the_intervals():
     twin = analyse({"base": base, "sft": base}, [], [[{"prompt": "p", "difficulty": "easy", "accepted": True,
                                                        "correct": True}]], 0.5)
     assert twin["claims"]["3"]["verdict"] == "not confirmed"
-    assert twin["claims"]["3"]["oracle_accuracy_sft_minus_base"]["ci"] == [0.0, 0.0]
+    lo, hi = twin["claims"]["3"]["oracle_accuracy_sft_minus_base"]["ci"]
+    assert lo < 0 < hi
+    worse = analyse({"base": better, "sft": base}, [], [[{"prompt": "p", "difficulty": "easy", "accepted": True,
+                                                         "correct": True}]], 0.5)
+    assert worse["claims"]["3"]["verdict"] == "refuted" and worse["claims"]["4"]["verdict"] == "refuted"
     assert set(result["table"]["base"]["oracle_accuracy"]) == {*LEVELS, "all"}
 
 

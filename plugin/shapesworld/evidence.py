@@ -21,9 +21,9 @@ interrupted run resumes):
    (prompt, image) samples and for unmatched ones (the image and question of
    another prompt).
 
-Confidence intervals are 95% two-level bootstraps: seeds resampled, then test
-prompts (each prompt's samples stay together); a difference between two models
-is paired (same seeds, same prompts, same sampling seeds).  Each claim gets a
+Confidence intervals are 95% bootstraps: seeds resampled, then test prompts, then
+the outcomes within each drawn (seed, prompt) cell; a difference between two
+models is paired over seeds and prompts (same seeds, prompts and sampling seeds).  Each claim gets a
 verdict from its interval, written to ``OUT/evidence.md`` / ``evidence.json``.
 """
 
@@ -258,11 +258,16 @@ def gradient_alignment(model_dir: str, queries: Sequence[Query], pairs: int, see
 
 # ---------------------------------------------------------------------------------- statistics
 def two_level_bootstrap(
-    num: np.ndarray, den: np.ndarray, seed: int = 0, replicates: int = REPLICATES
+    num: np.ndarray, den: np.ndarray, seed: int = 0, replicates: int = REPLICATES, within: bool = True
 ) -> tuple[float, list[float]]:
-    """Point value and 95% interval of sum(num) / sum(den) over a (seeds, units) table,
-    resampling seeds, then units (the same units for every drawn seed).  ``num`` may have a
-    leading axis of 2 for a paired difference (first minus second)."""
+    """Point value and 95% interval of sum(num) / sum(den) over a (seeds, units) table.
+
+    Seeds are resampled, then units (the same units for every drawn seed), then, with
+    ``within`` (``num`` counts 0/1 outcomes out of ``den``), the outcomes inside each drawn
+    cell (a binomial draw: resampling a cell's own outcomes with replacement), so a level
+    with a single prompt still gets an honest interval.  ``num`` / ``den`` may have a leading
+    axis of 2 for a paired difference (first minus second): seeds and units are drawn once
+    for both; outcomes within a cell are redrawn for each side (conservative for pairs)."""
     num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
     paired = num.ndim == 3
     rng = np.random.default_rng(seed)
@@ -274,9 +279,14 @@ def two_level_bootstrap(
     def stat(n: np.ndarray, d: np.ndarray, boot: bool) -> np.ndarray | float:
         if not boot:
             return float(n.sum() / d.sum()) if d.sum() else math.nan
-        dd = d[rows, cols].sum((1, 2))
+        dd = d[rows, cols]
+        nn = n[rows, cols]
+        if within:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rate = np.where(dd > 0, nn / np.where(dd > 0, dd, 1), 0.0)
+            nn = rng.binomial(dd.astype(np.int64), np.clip(rate, 0.0, 1.0))
         with np.errstate(invalid="ignore", divide="ignore"):
-            return n[rows, cols].sum((1, 2)) / dd
+            return nn.sum((1, 2)) / dd.sum((1, 2))
 
     dens = den if den.ndim == 3 else np.stack([den, den]) if paired else den
     if paired:
@@ -312,6 +322,11 @@ def _entry(value: float, ci: list[float]) -> dict[str, Any]:
 
 def _outside(ci: list[float], sign: int) -> bool:
     return bool(ci[0] > 0) if sign > 0 else bool(ci[1] < 0)
+
+
+def _verdict(ci: list[float], sign: int) -> str:
+    """confirmed: the interval excludes 0 on the claimed side; refuted: on the other side."""
+    return "confirmed" if _outside(ci, sign) else "refuted" if _outside(ci, -sign) else "not confirmed"
 
 
 # ---------------------------------------------------------------------------------- analysis
@@ -379,13 +394,12 @@ def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[f
           for lv in LEVELS}
     sp_diff = _level_diff(*[_cells(selfplay, [p for p in sp_prompts if sp_level[p] == lv],
                                    lambda r: not r["accepted"], lambda r: True) for lv in ("hard", "easy")])
-    grows = _outside(diffs["hard-easy"]["ci"], +1)
     claims["1"] = {
         "claim": "non-unification grows with task difficulty",
         "test": {lv: table["base"]["non_unification"][lv] for lv in (*LEVELS, "all")},
         "test_differences": diffs,
         "train_selfplay": sp, "train_selfplay_hard_minus_easy": sp_diff,
-        "verdict": "confirmed" if grows else "not confirmed",
+        "verdict": _verdict(diffs["hard-easy"]["ci"], +1),
         "rule": "hard - easy non-unification of the base model on the test prompts, 95% CI above 0",
     }
     # 2. rejected images: weak generation (oracle also rejects) vs misunderstanding (oracle accepts)
@@ -401,21 +415,21 @@ def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[f
         "accepted_oracle_accepts": precision,
         "train_selfplay_rejected_oracle_also_rejects": _entry(*two_level_bootstrap(n3, d3)),
         "rejected_images": int(d.sum()),
-        "verdict": "confirmed" if weak["ci"][0] > 0.5 else "not confirmed",
+        "verdict": "confirmed" if weak["ci"][0] > 0.5 else "refuted" if weak["ci"][1] < 0.5 else "not confirmed",
         "rule": "share of the base model's rejected test images that the oracle also rejects, 95% CI above 50%",
     }
     # 3. SFT: non-unification down, oracle generation accuracy up
     if "sft" in gen:
         d_non = metric("sft", "nonu", other="base")
         d_acc = metric("sft", "oracle", other="base")
-        both = _outside(d_non["ci"], -1) and _outside(d_acc["ci"], +1)
-        one = _outside(d_non["ci"], -1) or _outside(d_acc["ci"], +1)
+        parts = [_verdict(d_non["ci"], -1), _verdict(d_acc["ci"], +1)]
         claims["3"] = {
             "claim": "SFT on self-accepted images lowers non-unification and raises generation accuracy",
             "non_unification_sft_minus_base": d_non, "oracle_accuracy_sft_minus_base": d_acc,
             "per_level_oracle_accuracy_sft_minus_base": {lv: metric("sft", "oracle", lv, "base") for lv in LEVELS},
             "seen_prompts": seen.get("sft", {}),
-            "verdict": "confirmed" if both else "partly confirmed" if one else "not confirmed",
+            "verdict": parts[0] if parts[0] == parts[1] else "partly confirmed" if "confirmed" in parts
+            else "refuted" if "refuted" in parts else "not confirmed",
             "rule": "non-unification difference CI below 0 and oracle accuracy difference CI above 0",
         }
         # 4. co-improvement of understanding after generation-only training
@@ -424,8 +438,7 @@ def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[f
             "claim": "generation-only SFT also improves understanding (co-improvement)",
             "understanding_accuracy_sft_minus_base": d_und,
             "others": {m: metric(m, "und", other="base") for m in ("csft", "dpo") if m in gen},
-            "verdict": "confirmed" if _outside(d_und["ci"], +1) else
-            "refuted (understanding fell)" if _outside(d_und["ci"], -1) else "not confirmed",
+            "verdict": _verdict(d_und["ci"], +1),
             "rule": "understanding accuracy (rendered images vs near misses) difference SFT - base, CI above 0",
         }
     # 5. C-SFT vs SFT, DPO vs SFT
@@ -435,12 +448,12 @@ def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[f
         if "csft" in gen:
             entry["oracle_accuracy_csft_minus_sft"] = metric("csft", "oracle", other="sft")
             entry["non_unification_csft_minus_sft"] = metric("csft", "nonu", other="sft")
-            verdicts.append(("C-SFT > SFT", _outside(entry["oracle_accuracy_csft_minus_sft"]["ci"], +1)))
+            verdicts.append(("C-SFT > SFT", _verdict(entry["oracle_accuracy_csft_minus_sft"]["ci"], +1)))
         if "dpo" in gen:
             entry["oracle_accuracy_dpo_minus_sft"] = metric("dpo", "oracle", other="sft")
             entry["non_unification_dpo_minus_sft"] = metric("dpo", "nonu", other="sft")
-            verdicts.append(("DPO < SFT", _outside(entry["oracle_accuracy_dpo_minus_sft"]["ci"], -1)))
-        entry["verdict"] = "; ".join(f"{name}: {'confirmed' if ok else 'not confirmed'}" for name, ok in verdicts)
+            verdicts.append(("DPO < SFT", _verdict(entry["oracle_accuracy_dpo_minus_sft"]["ci"], -1)))
+        entry["verdict"] = "; ".join(f"{name}: {verdict}" for name, verdict in verdicts)
         entry["rule"] = "oracle accuracy differences on the test prompts, CI above 0 (C-SFT - SFT) / below 0 (DPO - SFT)"
         claims["5"] = entry
     # 6. gradient alignment
@@ -448,14 +461,14 @@ def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[f
         m = np.array([g["matched"] for g in grads])
         u = np.array([g["unmatched"] for g in grads])
         ones = np.ones_like(m)
-        diff = _entry(*two_level_bootstrap(np.stack([m, u]), np.stack([ones, ones])))
+        diff = _entry(*two_level_bootstrap(np.stack([m, u]), np.stack([ones, ones]), within=False))
         claims["6"] = {
             "claim": "generation and understanding gradients align for matched samples (shared eNTK)",
-            "cosine_matched": _entry(*two_level_bootstrap(m, ones)),
-            "cosine_unmatched": _entry(*two_level_bootstrap(u, ones)),
+            "cosine_matched": _entry(*two_level_bootstrap(m, ones, within=False)),
+            "cosine_unmatched": _entry(*two_level_bootstrap(u, ones, within=False)),
             "matched_minus_unmatched": diff,
             "pairs": int(m.size),
-            "verdict": "confirmed" if _outside(diff["ci"], +1) else "not confirmed",
+            "verdict": _verdict(diff["ci"], +1),
             "rule": "mean cosine matched - unmatched, CI above 0",
         }
     return {"table": table, "seen_table": seen, "claims": claims, "prompts": len(prompts),
@@ -463,7 +476,8 @@ def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[f
 
 
 def _level_diff(hi: tuple[np.ndarray, np.ndarray], lo: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
-    """Difference of two levels' rates (different prompts): each level resampled on its own."""
+    """Difference of two levels' rates (different prompts): each level resampled on its own
+    (seeds, prompts, outcomes within a cell, as in ``two_level_bootstrap``)."""
     if not hi[1].sum() or not lo[1].sum():
         return {"value": math.nan, "ci": [math.nan, math.nan]}
     v_hi = hi[0].sum() / hi[1].sum()
@@ -473,8 +487,10 @@ def _level_diff(hi: tuple[np.ndarray, np.ndarray], lo: tuple[np.ndarray, np.ndar
         rng = np.random.default_rng(11 + k)
         si = rng.integers(0, n.shape[0], size=(REPLICATES, n.shape[0]))[:, :, None]
         ui = rng.integers(0, n.shape[1], size=(REPLICATES, n.shape[1]))[:, None, :]
+        dd = d[si, ui]
         with np.errstate(invalid="ignore", divide="ignore"):
-            draws.append(n[si, ui].sum((1, 2)) / d[si, ui].sum((1, 2)))
+            nn = rng.binomial(dd.astype(np.int64), np.clip(np.where(dd > 0, n[si, ui] / np.where(dd > 0, dd, 1), 0), 0, 1))
+            draws.append(nn.sum((1, 2)) / dd.sum((1, 2)))
     diff = draws[0] - draws[1]
     lo_ci, hi_ci = np.percentile(diff[~np.isnan(diff)], [2.5, 97.5])
     return {"value": float(v_hi - v_lo), "ci": [float(lo_ci), float(hi_ci)]}
@@ -496,9 +512,12 @@ def markdown(result: dict[str, Any], cfg: dict[str, Any]) -> str:
         f"(N = {cfg['num_candidates']}, CFG {cfg['cfg_scale']}, threshold {cfg['threshold']}); measured on the "
         f"{result['prompts']} test prompts (easy {per['easy']}, medium {per['medium']}, hard {per['hard']}), "
         f"{cfg['eval_samples']} images and {cfg['und_items']} understanding questions per prompt, model and seed. "
-        "Figures in %, [95% CI] from a two-level bootstrap (seeds, then prompts).",
+        "Figures in %, [95% CI] from a bootstrap over seeds, then prompts, then the images / questions of each.",
         "",
         "## Verdicts",
+        "",
+        "A claim is *confirmed* when its 95% interval excludes no effect on the claimed side, *refuted* when it "
+        "excludes it on the other side, and *not confirmed* otherwise (claim 3 has two parts).",
         "",
         "| # | claim | verdict | key figure |",
         "|---|---|---|---|",
