@@ -45,11 +45,18 @@ def step(title: str, cmd: list[str], times: dict[str, float], key: str) -> None:
     times[key] = times.get(key, 0.0) + time.perf_counter() - start
 
 
-def oracle_table(run_dir: Path, threshold: float) -> dict[str, Any]:
-    """Per level and overall: oracle accuracy, non-unification, and how the judge's verdicts split."""
-    import numpy as np
+METRICS = {  # name: (hit, counted)
+    "oracle_accuracy": (lambda r: r["correct"], lambda r: True),
+    "non_unification": (lambda r: not r["accepted"], lambda r: True),
+    "rejected_oracle_also_rejects": (lambda r: not r["correct"], lambda r: not r["accepted"]),
+    "accepted_oracle_accepts": (lambda r: r["correct"], lambda r: r["accepted"]),
+}
 
-    from unigap.shapesworld.evidence import oracle_run, two_level_bootstrap
+
+def oracle_table(run_dir: Path) -> dict[str, Any]:
+    """Per level and overall: oracle accuracy, non-unification, and how the judge's verdicts split,
+    with 95% intervals (prompts resampled, then each prompt's own images)."""
+    from unigap.shapesworld.evidence import nested_bootstrap, oracle_run, outcomes
 
     records = oracle_run(run_dir)
     prompts = list(dict.fromkeys(r["prompt"] for r in records))
@@ -58,38 +65,22 @@ def oracle_table(run_dir: Path, threshold: float) -> dict[str, Any]:
         units = [p for p in prompts if level == "all" or any(r["prompt"] == p and r["difficulty"] == level for r in records)]
         if not units:
             continue
-        where = {p: i for i, p in enumerate(units)}
-        cells = {k: np.zeros((1, len(units))) for k in ("n", "correct", "rejected", "rejected_wrong", "accepted",
-                                                          "accepted_right")}
-        for r in records:
-            j = where.get(r["prompt"])
-            if j is None:
-                continue
-            accepted = r["p_yes"] >= threshold
-            cells["n"][0, j] += 1
-            cells["correct"][0, j] += r["correct"]
-            cells["rejected"][0, j] += not accepted
-            cells["rejected_wrong"][0, j] += (not accepted) and not r["correct"]
-            cells["accepted"][0, j] += accepted
-            cells["accepted_right"][0, j] += accepted and r["correct"]
-        entry = {"prompts": len(units), "images": int(cells["n"].sum())}
-        for name, num, den in (("oracle_accuracy", "correct", "n"), ("non_unification", "rejected", "n"),
-                               ("rejected_oracle_also_rejects", "rejected_wrong", "rejected"),
-                               ("accepted_oracle_accepts", "accepted_right", "accepted")):
-            value, ci = two_level_bootstrap(cells[num], cells[den]) if cells[den].sum() else (float("nan"), [0, 0])
+        entry: dict[str, Any] = {"prompts": len(units), "images": sum(r["prompt"] in units for r in records),
+                                 "_tables": {}}
+        for name, (hit, counted) in METRICS.items():
+            table = outcomes([records], units, hit, counted)
+            entry["_tables"][name] = table
+            value, ci = nested_bootstrap(table)
             entry[name] = {"value": value, "ci": ci}
-        entry["_cells"] = {k: v[0].tolist() for k, v in cells.items()}
         out[level] = entry
     return out
 
 
-def paired_diff(after: dict[str, Any], before: dict[str, Any], level: str, num: str) -> dict[str, Any]:
-    import numpy as np
+def paired_diff(after: dict[str, Any], before: dict[str, Any], level: str, metric: str) -> dict[str, Any]:
+    """after - before, paired down to the image (both runs drew candidate k of a prompt from one seed)."""
+    from unigap.shapesworld.evidence import nested_bootstrap
 
-    from unigap.shapesworld.evidence import two_level_bootstrap
-
-    a, b = after[level]["_cells"], before[level]["_cells"]
-    value, ci = two_level_bootstrap(np.array([[a[num]], [b[num]]]), np.array([[a["n"]], [b["n"]]]))
+    value, ci = nested_bootstrap(after[level]["_tables"][metric], before[level]["_tables"][metric])
     return {"value": value, "ci": ci}
 
 
@@ -187,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
              [unigap, "report", runs["before"], runs[kind], "--out", out / f"report_{kind}"], times, "reports")
 
     start = time.perf_counter()
-    tables = {name: oracle_table(run, threshold) for name, run in runs.items()}
+    tables = {name: oracle_table(run) for name, run in runs.items()}
     plot(tables, out / "summary.png")
     times["oracle + summary"] = time.perf_counter() - start
     times["total"] = time.perf_counter() - total
@@ -203,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Training data from the first self-play: {sft_rows} SFT rows (accepted images), discard pool {pool} prompts, "
         f"{pairs} DPO pairs. C-SFT replayed the pool after epoch {cfg.replay_epoch}: {replay['prompts_tried']} tried, "
         f"{replay['prompts_recovered']} recovered, {replay['rows_added']} rows added. Self-play after training uses "
-        "the same seeds, so before / after differences are paired. Figures in %, [95% CI] (bootstrap over prompts, then the images of each).",
+        "the same seeds, so before / after differences are paired. Figures in %, [95% CI] (bootstrap over prompts, then the images of each; changes paired image by image).",
         "",
         "## Before / after",
         "",
@@ -213,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name, t in tables.items():
         a = t["all"]
-        ch_acc = pct(paired_diff(tables[name], tables["before"], "all", "correct"), True) if name != "before" else ""
-        ch_non = pct(paired_diff(tables[name], tables["before"], "all", "rejected"), True) if name != "before" else ""
+        ch_acc = pct(paired_diff(tables[name], tables["before"], "all", "oracle_accuracy"), True) if name != "before" else ""
+        ch_non = pct(paired_diff(tables[name], tables["before"], "all", "non_unification"), True) if name != "before" else ""
         lines.append(f"| {NAMES[name]} | {pct(a['oracle_accuracy'])} | {ch_acc} | {pct(a['non_unification'])} | "
                      f"{ch_non} | {pct(a['rejected_oracle_also_rejects'])} | {pct(a['accepted_oracle_accepts'])} |")
     lines += ["", "## Per difficulty level (oracle accuracy / non-unification, %)", "",
@@ -246,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             f"<h1>{lines[0][2:]}</h1><img src='summary.png' alt='before / after'>{_md_to_html(md.split(chr(10), 1)[1])}"
             + "".join(f"<p><a href='report_{k}/report.html'>every candidate, before vs {NAMES[k]}</a></p>" for k in kinds)
             + "</body></html>")
-    clean = {name: {lv: {k: v for k, v in e.items() if k != "_cells"} for lv, e in t.items()} for name, t in tables.items()}
+    clean = {name: {lv: {k: v for k, v in e.items() if k != "_tables"} for lv, e in t.items()} for name, t in tables.items()}
     (out / "summary.json").write_text(json.dumps({"tables": clean, "seconds": times, "sft_rows": sft_rows,
                                                   "discard_pool": pool, "dpo_pairs": pairs, "replay": replay,
                                                   "num_candidates": n, "cfg_scale": args.cfg_scale}, indent=1))

@@ -21,9 +21,10 @@ interrupted run resumes):
    (prompt, image) samples and for unmatched ones (the image and question of
    another prompt).
 
-Confidence intervals are 95% bootstraps: seeds resampled, then test prompts, then
-the outcomes within each drawn (seed, prompt) cell; a difference between two
-models is paired over seeds and prompts (same seeds, prompts and sampling seeds).  Each claim gets a
+Confidence intervals are 95% nested bootstraps: seeds resampled, then test
+prompts, then the samples within each drawn (seed, prompt) cell; a difference
+between two models is paired down to the sample (the same seeds, prompts and
+sampling seeds are drawn for both).  Each claim gets a
 verdict from its interval, written to ``OUT/evidence.md`` / ``evidence.json``.
 """
 
@@ -257,63 +258,87 @@ def gradient_alignment(model_dir: str, queries: Sequence[Query], pairs: int, see
 
 
 # ---------------------------------------------------------------------------------- statistics
-def two_level_bootstrap(
-    num: np.ndarray, den: np.ndarray, seed: int = 0, replicates: int = REPLICATES, within: bool = True
-) -> tuple[float, list[float]]:
-    """Point value and 95% interval of sum(num) / sum(den) over a (seeds, units) table.
+@dataclass
+class Outcomes:
+    """Per-sample outcomes in a (seeds, units, samples) table: ``den`` marks the samples a rate
+    counts, ``num`` those of them it counts as hits; ``count`` is the samples each cell holds
+    (sample k of a cell is the k-th record of that seed and unit, so two models sampled with the
+    same seeds line up sample by sample)."""
 
-    Seeds are resampled, then units (the same units for every drawn seed), then, with
-    ``within`` (``num`` counts 0/1 outcomes out of ``den``), the outcomes inside each drawn
-    cell (a binomial draw: resampling a cell's own outcomes with replacement), so a level
-    with a single prompt still gets an honest interval.  ``num`` / ``den`` may have a leading
-    axis of 2 for a paired difference (first minus second): seeds and units are drawn once
-    for both; outcomes within a cell are redrawn for each side (conservative for pairs)."""
-    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
-    paired = num.ndim == 3
-    rng = np.random.default_rng(seed)
-    s_count, u_count = num.shape[-2:]
-    si = rng.integers(0, s_count, size=(replicates, s_count))
-    ui = rng.integers(0, u_count, size=(replicates, u_count))
-    rows, cols = si[:, :, None], ui[:, None, :]
+    num: np.ndarray
+    den: np.ndarray
+    count: np.ndarray
 
-    def stat(n: np.ndarray, d: np.ndarray, boot: bool) -> np.ndarray | float:
-        if not boot:
-            return float(n.sum() / d.sum()) if d.sum() else math.nan
-        dd = d[rows, cols]
-        nn = n[rows, cols]
-        if within:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                rate = np.where(dd > 0, nn / np.where(dd > 0, dd, 1), 0.0)
-            nn = rng.binomial(dd.astype(np.int64), np.clip(rate, 0.0, 1.0))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return nn.sum((1, 2)) / dd.sum((1, 2))
-
-    dens = den if den.ndim == 3 else np.stack([den, den]) if paired else den
-    if paired:
-        value = stat(num[0], dens[0], False) - stat(num[1], dens[1], False)
-        draws = stat(num[0], dens[0], True) - stat(num[1], dens[1], True)
-    else:
-        value = stat(num, dens, False)
-        draws = stat(num, dens, True)
-    draws = draws[~np.isnan(draws)]
-    lo, hi = (np.percentile(draws, [2.5, 97.5]) if draws.size else (math.nan, math.nan))
-    return value, [float(lo), float(hi)]
+    def value(self) -> float:
+        total = self.den.sum()
+        return float(self.num.sum() / total) if total else math.nan
 
 
-def _cells(records_by_seed: Sequence[Sequence[dict[str, Any]]], units: Sequence[str],
-           num: Callable[[dict[str, Any]], bool], den: Callable[[dict[str, Any]], bool]) -> tuple[np.ndarray, np.ndarray]:
+def outcomes(records_by_seed: Sequence[Sequence[dict[str, Any]]], units: Sequence[str],
+             num: Callable[[dict[str, Any]], Any], den: Callable[[dict[str, Any]], bool] = lambda r: True,
+             key: str = "prompt") -> Outcomes:
     where = {u: i for i, u in enumerate(units)}
-    n = np.zeros((len(records_by_seed), len(units)))
-    d = np.zeros_like(n)
+    cells: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for s, records in enumerate(records_by_seed):
         for r in records:
-            j = where.get(r["prompt"])
-            if j is None:
-                continue
+            j = where.get(r[key])
+            if j is not None:
+                cells.setdefault((s, j), []).append(r)
+    width = max((len(v) for v in cells.values()), default=1)
+    shape = (len(records_by_seed), len(units), width)
+    n, d, c = np.zeros(shape), np.zeros(shape), np.zeros(shape[:2], dtype=np.int64)
+    for (s, j), rows in cells.items():
+        c[s, j] = len(rows)
+        for k, r in enumerate(rows):
             if den(r):
-                d[s, j] += 1
-                n[s, j] += bool(num(r))
-    return n, d
+                d[s, j, k] = 1.0
+                n[s, j, k] = float(num(r))
+    return Outcomes(n, d, c)
+
+
+def _draws(tables: Sequence[Outcomes], rng: np.random.Generator, replicates: int) -> list[np.ndarray]:
+    """Bootstrap replicates of each table's rate, drawing seeds, then units, then samples within
+    each drawn cell, with the SAME draws for every table (tables of one shape are paired)."""
+    first = tables[0]
+    seeds, units, width = first.num.shape
+    out: list[list[np.ndarray]] = [[] for _ in tables]
+    chunk = max(1, 2_000_000 // max(1, seeds * units * width))
+    for start in range(0, replicates, chunk):
+        r = min(chunk, replicates - start)
+        si = rng.integers(0, seeds, size=(r, seeds))[:, :, None, None]
+        ui = rng.integers(0, units, size=(r, units))[:, None, :, None]
+        count = first.count[si[..., 0], ui[..., 0]]  # (r, seeds, units)
+        ki = np.minimum((rng.random((r, seeds, units, width)) * count[..., None]).astype(np.int64), width - 1)
+        valid = np.arange(width) < count[..., None]
+        for t, table in enumerate(tables):
+            n = np.where(valid, table.num[si, ui, ki], 0.0).sum((1, 2, 3))
+            d = np.where(valid, table.den[si, ui, ki], 0.0).sum((1, 2, 3))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[t].append(n / d)
+    return [np.concatenate(v) for v in out]
+
+
+def _interval(draws: np.ndarray) -> list[float]:
+    draws = draws[~np.isnan(draws)]
+    if not draws.size:
+        return [math.nan, math.nan]
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def nested_bootstrap(table: Outcomes, minus: Outcomes | None = None, seed: int = 0,
+                     replicates: int = REPLICATES) -> tuple[float, list[float]]:
+    """Rate of ``table`` (or the paired difference ``table - minus``) and its 95% percentile
+    interval: seeds resampled, then units (prompts) within the drawn seeds, then each drawn
+    cell's own samples (so a level of one prompt still gets an honest interval).  A paired
+    difference uses the same draws on both sides, down to the sample."""
+    rng = np.random.default_rng(seed)
+    if minus is None:
+        return table.value(), _interval(_draws([table], rng, replicates)[0])
+    if table.num.shape != minus.num.shape:
+        raise ValueError(f"paired tables must have one shape, got {table.num.shape} and {minus.num.shape}")
+    a, b = _draws([table, minus], rng, replicates)
+    return table.value() - minus.value(), _interval(a - b)
 
 
 def _entry(value: float, ci: list[float]) -> dict[str, Any]:
@@ -346,11 +371,10 @@ def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[f
         sel = gen if kind != "und" else und
         num_fn = {"oracle": lambda r: r["correct"], "nonu": lambda r: not acc(r),
                   "und": lambda r: acc(r) == r["truth"], "yes": acc}[kind]
-        n, d = _cells(sel[model], units, num_fn, lambda r: True)
+        mine = outcomes(sel[model], units, num_fn)
         if other is None:
-            return _entry(*two_level_bootstrap(n, d))
-        n2, d2 = _cells(sel[other], units, num_fn, lambda r: True)
-        return _entry(*two_level_bootstrap(np.stack([n, n2]), np.stack([d, d2])))
+            return _entry(*nested_bootstrap(mine))
+        return _entry(*nested_bootstrap(mine, outcomes(sel[other], units, num_fn)))
 
     models = [m for m in MODELS if m in gen]
     table: dict[str, Any] = {}
@@ -372,16 +396,15 @@ def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[f
         for m in models:
             row = {}
             for kind, fn in (("oracle_accuracy", lambda r: r["correct"]), ("non_unification", lambda r: not acc(r))):
-                n, d = _cells(sgen[m], sprompts, fn, lambda r: True)
-                row[kind] = _entry(*two_level_bootstrap(n, d))
+                seen_table = outcomes(sgen[m], sprompts, fn)
+                row[kind] = _entry(*nested_bootstrap(seen_table))
                 if m != "base":
-                    n0, d0 = _cells(sgen["base"], sprompts, fn, lambda r: True)
-                    row[kind + "_minus_base"] = _entry(*two_level_bootstrap(np.stack([n, n0]), np.stack([d, d0])))
+                    row[kind + "_minus_base"] = _entry(*nested_bootstrap(seen_table, outcomes(sgen["base"], sprompts, fn)))
             seen[m] = row
 
     claims: dict[str, Any] = {}
     # 1. non-unification grows with difficulty (base model, test prompts; and the train-prompt self-play)
-    base_n = {lv: _cells(gen["base"], [p for p in prompts if level_of[p] == lv], lambda r: not acc(r), lambda r: True)
+    base_n = {lv: outcomes(gen["base"], [p for p in prompts if level_of[p] == lv], lambda r: not acc(r))
               for lv in LEVELS}
     diffs = {}
     for hi_lv, lo_lv in (("medium", "easy"), ("hard", "medium"), ("hard", "easy")):
@@ -389,11 +412,10 @@ def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[f
         diffs[f"{hi_lv}-{lo_lv}"] = _level_diff(base_n[hi_lv], base_n[lo_lv])
     sp_prompts = sorted({r["prompt"] for recs in selfplay for r in recs})
     sp_level = {r["prompt"]: r["difficulty"] for recs in selfplay for r in recs}
-    sp = {lv: _entry(*two_level_bootstrap(*_cells(selfplay, [p for p in sp_prompts if sp_level[p] == lv],
-                                                        lambda r: not r["accepted"], lambda r: True)))
-          for lv in LEVELS}
-    sp_diff = _level_diff(*[_cells(selfplay, [p for p in sp_prompts if sp_level[p] == lv],
-                                   lambda r: not r["accepted"], lambda r: True) for lv in ("hard", "easy")])
+    sp_tables = {lv: outcomes(selfplay, [p for p in sp_prompts if sp_level[p] == lv], lambda r: not r["accepted"])
+                 for lv in LEVELS}
+    sp = {lv: _entry(*nested_bootstrap(sp_tables[lv])) for lv in LEVELS}
+    sp_diff = _level_diff(sp_tables["hard"], sp_tables["easy"])
     claims["1"] = {
         "claim": "non-unification grows with task difficulty",
         "test": {lv: table["base"]["non_unification"][lv] for lv in (*LEVELS, "all")},
@@ -403,18 +425,17 @@ def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[f
         "rule": "hard - easy non-unification of the base model on the test prompts, 95% CI above 0",
     }
     # 2. rejected images: weak generation (oracle also rejects) vs misunderstanding (oracle accepts)
-    n, d = _cells(gen["base"], prompts, lambda r: not r["correct"], lambda r: not acc(r))
-    weak = _entry(*two_level_bootstrap(n, d))
-    n2, d2 = _cells(gen["base"], prompts, lambda r: r["correct"], lambda r: acc(r))
-    precision = _entry(*two_level_bootstrap(n2, d2))
-    n3, d3 = _cells(selfplay, sp_prompts, lambda r: not r["correct"], lambda r: not r["accepted"])
+    rejected = outcomes(gen["base"], prompts, lambda r: not r["correct"], lambda r: not acc(r))
+    weak = _entry(*nested_bootstrap(rejected))
+    precision = _entry(*nested_bootstrap(outcomes(gen["base"], prompts, lambda r: r["correct"], acc)))
+    sp_rejected = outcomes(selfplay, sp_prompts, lambda r: not r["correct"], lambda r: not r["accepted"])
     claims["2"] = {
         "claim": "the gap comes from weak generation, not misunderstanding",
         "rejected_oracle_also_rejects": weak,
         "rejected_oracle_accepts": {"value": 1 - weak["value"], "ci": [1 - weak["ci"][1], 1 - weak["ci"][0]]},
         "accepted_oracle_accepts": precision,
-        "train_selfplay_rejected_oracle_also_rejects": _entry(*two_level_bootstrap(n3, d3)),
-        "rejected_images": int(d.sum()),
+        "train_selfplay_rejected_oracle_also_rejects": _entry(*nested_bootstrap(sp_rejected)),
+        "rejected_images": int(rejected.den.sum()),
         "verdict": "confirmed" if weak["ci"][0] > 0.5 else "refuted" if weak["ci"][1] < 0.5 else "not confirmed",
         "rule": "share of the base model's rejected test images that the oracle also rejects, 95% CI above 50%",
     }
@@ -460,12 +481,14 @@ def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[f
     if grads:
         m = np.array([g["matched"] for g in grads])
         u = np.array([g["unmatched"] for g in grads])
-        ones = np.ones_like(m)
-        diff = _entry(*two_level_bootstrap(np.stack([m, u]), np.stack([ones, ones]), within=False))
+        ones = np.ones(m.shape + (1,))
+        count = np.ones(m.shape, dtype=np.int64)
+        matched, unmatched = Outcomes(m[..., None], ones, count), Outcomes(u[..., None], ones, count)
+        diff = _entry(*nested_bootstrap(matched, unmatched))
         claims["6"] = {
             "claim": "generation and understanding gradients align for matched samples (shared eNTK)",
-            "cosine_matched": _entry(*two_level_bootstrap(m, ones, within=False)),
-            "cosine_unmatched": _entry(*two_level_bootstrap(u, ones, within=False)),
+            "cosine_matched": _entry(*nested_bootstrap(matched)),
+            "cosine_unmatched": _entry(*nested_bootstrap(unmatched)),
             "matched_minus_unmatched": diff,
             "pairs": int(m.size),
             "verdict": _verdict(diff["ci"], +1),
@@ -475,25 +498,13 @@ def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[f
             "prompts_per_level": {lv: sum(level_of[p] == lv for p in prompts) for lv in LEVELS}}
 
 
-def _level_diff(hi: tuple[np.ndarray, np.ndarray], lo: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
-    """Difference of two levels' rates (different prompts): each level resampled on its own
-    (seeds, prompts, outcomes within a cell, as in ``two_level_bootstrap``)."""
-    if not hi[1].sum() or not lo[1].sum():
+def _level_diff(hi: Outcomes, lo: Outcomes) -> dict[str, Any]:
+    """Difference of two levels' rates (different prompts): each level resampled on its own."""
+    if not hi.den.sum() or not lo.den.sum():
         return {"value": math.nan, "ci": [math.nan, math.nan]}
-    v_hi = hi[0].sum() / hi[1].sum()
-    v_lo = lo[0].sum() / lo[1].sum()
-    draws = []
-    for k, (n, d) in enumerate((hi, lo)):
-        rng = np.random.default_rng(11 + k)
-        si = rng.integers(0, n.shape[0], size=(REPLICATES, n.shape[0]))[:, :, None]
-        ui = rng.integers(0, n.shape[1], size=(REPLICATES, n.shape[1]))[:, None, :]
-        dd = d[si, ui]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            nn = rng.binomial(dd.astype(np.int64), np.clip(np.where(dd > 0, n[si, ui] / np.where(dd > 0, dd, 1), 0), 0, 1))
-            draws.append(nn.sum((1, 2)) / dd.sum((1, 2)))
-    diff = draws[0] - draws[1]
-    lo_ci, hi_ci = np.percentile(diff[~np.isnan(diff)], [2.5, 97.5])
-    return {"value": float(v_hi - v_lo), "ci": [float(lo_ci), float(hi_ci)]}
+    a = _draws([hi], np.random.default_rng(11), REPLICATES)[0]
+    b = _draws([lo], np.random.default_rng(12), REPLICATES)[0]
+    return {"value": hi.value() - lo.value(), "ci": _interval(a - b)}
 
 
 # ---------------------------------------------------------------------------------- report
