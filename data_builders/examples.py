@@ -43,14 +43,11 @@ def is_shapesworld_model(model_dir: str | Path) -> bool:
 def shapesworld_example_queries(model_dir: str | Path, per_category: int = 2) -> list:
     """A fixed handful of the world's prompts: the first ``per_category`` of each category, in file order
     (the model's training prompts when it ships ``prompts/train.jsonl``, else every prompt of the world)."""
-    from ..shapesworld.world import all_queries, parse_prompt
+    from ..shapesworld.data import read_prompt_file
+    from ..shapesworld.world import all_queries
 
     path = Path(model_dir) / "prompts" / "train.jsonl"
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        queries = [parse_prompt(json.loads(line)["prompt"]) for line in lines]
-    else:
-        queries = all_queries()
+    queries = read_prompt_file(path) if path.is_file() else all_queries()
     taken: dict[str, int] = {}
     chosen = []
     for query in queries:

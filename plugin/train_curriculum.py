@@ -86,7 +86,6 @@ class ExtendedDataset(torch.utils.data.Dataset):
         return {key: list(value) if isinstance(value, list) else value for key, value in self.extra[index - n].items()}
 
 
-
 def curriculum_config(fa: Any, seed: int) -> CurriculumConfig:
     config = CurriculumConfig(
         difficulty=fa.curriculum_difficulty,

@@ -34,6 +34,8 @@ BIN = Path(sys.executable).parent
 MODEL = ROOT / "models" / "shapes-janus"
 KINDS = ("sft", "csft", "dpo")
 NAMES = {"before": "before", "sft": "after SFT", "csft": "after C-SFT", "dpo": "after DPO"}
+#: written first into the output directory: only a directory holding it is ever replaced
+MARKER = ".unigap-demo"
 
 
 def step(title: str, cmd: list[str], times: dict[str, float], key: str) -> None:
@@ -59,13 +61,13 @@ def oracle_table(run_dir: Path) -> dict[str, Any]:
     from unigap.shapesworld.evidence import nested_bootstrap, oracle_run, outcomes
 
     records = oracle_run(run_dir)
-    prompts = list(dict.fromkeys(r["prompt"] for r in records))
+    level_of = {r["prompt"]: r["difficulty"] for r in records}  # dict order = the run's prompt order
     out: dict[str, Any] = {}
     for level in ("easy", "medium", "hard", "all"):
-        units = [p for p in prompts if level == "all" or any(r["prompt"] == p and r["difficulty"] == level for r in records)]
+        units = [p for p, lv in level_of.items() if level in ("all", lv)]
         if not units:
             continue
-        entry: dict[str, Any] = {"prompts": len(units), "images": sum(r["prompt"] in units for r in records),
+        entry: dict[str, Any] = {"prompts": len(units), "images": sum(level in ("all", level_of[r["prompt"]]) for r in records),
                                  "_tables": {}}
         for name, (hit, counted) in METRICS.items():
             table = outcomes([records], units, hit, counted)
@@ -111,11 +113,6 @@ def plot(tables: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def pct(e: dict[str, Any], signed: bool = False) -> str:
-    f = "{:+.1f}" if signed else "{:.1f}"
-    return f"{f.format(100 * e['value'])} [{f.format(100 * e['ci'][0])}, {f.format(100 * e['ci'][1])}]"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "outputs" / "demo"))
@@ -124,12 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-candidates", type=int, default=None)
     parser.add_argument("--cfg-scale", type=float, default=1.0)
     args = parser.parse_args(argv)
-    from unigap.shapesworld.evidence import EvidenceConfig, train_config
+    from unigap.prompts import load_prompt_file
+    from unigap.shapesworld.evidence import NAMES as MODEL_NAMES
+    from unigap.shapesworld.evidence import EvidenceConfig, pct, train_config
 
     out, model = Path(args.out).resolve(), Path(args.model).resolve()
-    if out.exists():
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            sys.exit(f"demo: {out} exists and is not an earlier demo output (no {MARKER}); choose another --out")
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by scripts/demo.py: the next demo run replaces this directory\n")
     n = args.num_candidates or (4 if args.quick else 6)
     cfg = EvidenceConfig(model=str(model), cfg_scale=args.cfg_scale, num_candidates=n)
     if args.quick:
@@ -139,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     threshold = 0.5
     kinds = KINDS
     if args.quick:  # 6 prompts (1 easy, 2 medium, 3 hard), a strict judge so the pool is not empty, no DPO
-        rows = [json.loads(line) for line in prompts.read_text().splitlines()]
-        picked = [r for lv, k in (("easy", 1), ("medium", 2), ("hard", 3)) for r in [x for x in rows if x["difficulty"] == lv][:k]]
+        rows = load_prompt_file(prompts)
+        picked = [r for lv, k in (("easy", 1), ("medium", 2), ("hard", 3)) for r in [x for x in rows if x.difficulty == lv][:k]]
         prompts = out / "prompts.jsonl"
-        prompts.write_text("".join(json.dumps(r) + "\n" for r in picked))
+        prompts.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in picked))
         threshold, kinds = 0.9, ("sft", "csft")
     selfplay = [unigap, "selfplay", "yaml_examples/selfplay.yaml", f"model_name_or_path={model}", f"prompts={prompts}",
                 f"num_candidates={n}", f"cfg_scale={args.cfg_scale}", "seed=7", "batch_size=64",
@@ -167,14 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         config = train_config(cfg, kind, data, trained[kind], seed=0)
         path = out / "configs" / f"demo_{kind}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        step(f"4/6 llamafactory-cli train ({NAMES[kind][6:]}, full fine-tuning)", [lf, "train", path], times,
-             f"train {NAMES[kind][6:]}")
+        step(f"4/6 llamafactory-cli train ({MODEL_NAMES[kind]}, full fine-tuning)", [lf, "train", path], times,
+             f"train {MODEL_NAMES[kind]}")
     for kind in kinds:
         runs[kind] = out / f"selfplay_{kind}"
-        step(f"5/6 self-play again with the {NAMES[kind][6:]} model",
+        step(f"5/6 self-play again with the {MODEL_NAMES[kind]} model",
              selfplay + [f"model_name_or_path={trained[kind]}", f"output_dir={runs[kind]}"], times, "self-play after")
     for kind in kinds:
-        step(f"6/6 before / after report ({NAMES[kind][6:]})",
+        step(f"6/6 before / after report ({MODEL_NAMES[kind]})",
              [unigap, "report", runs["before"], runs[kind], "--out", out / f"report_{kind}"], times, "reports")
 
     start = time.perf_counter()

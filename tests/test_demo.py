@@ -87,3 +87,13 @@ def test_reduced_demo_runs_the_loop_and_reports_true_figures(tmp_path):
     assert "summary.png" in page and (out / "summary.png").stat().st_size > 10_000
     for kind in ("sft", "csft"):
         assert f"report_{kind}/report.html" in page and (out / f"report_{kind}/report.html").exists()
+
+
+def test_demo_never_replaces_a_directory_it_did_not_write(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("user data")
+    proc = subprocess.run([sys.executable, "scripts/demo.py", "--quick", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "is not an earlier demo output" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "user data"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -9,7 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from unigap.shapesworld.evidence import Outcomes, analyse, gradient_vectors, nested_bootstrap, outcomes
+from unigap.shapesworld.evidence import (
+    CONFIG_FILE,
+    EvidenceConfig,
+    EvidenceError,
+    Outcomes,
+    analyse,
+    gradient_vectors,
+    nested_bootstrap,
+    outcomes,
+    run_evidence,
+)
 from unigap.shapesworld.world import LEVELS, make_splits, render
 
 from helpers import SYSTEM, USER, prompt_ids
@@ -83,6 +94,23 @@ def test_verdicts_follow_the_intervals():
                                                          "correct": True}]], 0.5)
     assert worse["claims"]["3"]["verdict"] == "refuted" and worse["claims"]["4"]["verdict"] == "refuted"
     assert set(result["table"]["base"]["oracle_accuracy"]) == {*LEVELS, "all"}
+
+
+def test_evidence_refuses_an_output_made_with_other_settings(tmp_path):
+    """Every stage is cached in the output directory: a cache made with other settings is never reused."""
+    out = tmp_path / "ev"
+    out.mkdir()
+    settings = {k: v for k, v in EvidenceConfig(model=str(SHAPES)).__dict__.items() if k not in ("out", "seeds", "models")}
+    (out / CONFIG_FILE).write_text(json.dumps({**settings, "cfg_scale": 3.0}))
+    with pytest.raises(EvidenceError, match=r"cfg_scale: 3.0 -> 1.0"):
+        run_evidence(EvidenceConfig(model=str(SHAPES), out=str(out), seeds=(0,)))
+    assert [p.name for p in out.iterdir()] == [CONFIG_FILE]
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(EvidenceError, match="is not empty"):
+        run_evidence(EvidenceConfig(model=str(SHAPES), out=str(user), seeds=(0,)))
+    assert [p.name for p in user.iterdir()] == ["notes.txt"]
 
 
 def test_gradients_match_transformers_own_losses():

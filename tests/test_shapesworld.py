@@ -264,11 +264,15 @@ def test_shipped_default_is_small_and_its_judge_knows_the_world():
         assert [p.text for p in load_prompt_file(SHIPPED / "prompts" / f"{name}.jsonl")] == [
             q.text for q in splits.of(name)
         ]
-    torch.set_num_threads(1)
     adapter = load_unified(str(SHIPPED), device="cpu")
     rng = random.Random(0)
     items = [eval_item(q, rng, positive=i % 2 == 0) for q in splits.test for i in range(2)]
-    p_yes = adapter.judge([Image.fromarray(render_scene(it.scene)) for it in items], [it.question for it in items])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        p_yes = adapter.judge([Image.fromarray(render_scene(it.scene)) for it in items], [it.question for it in items])
+    finally:
+        torch.set_num_threads(threads)  # the setting is process-wide: later tests keep theirs
     said_yes = [p >= 0.5 for p in p_yes.tolist()]
     accuracy = np.mean([y == (it.answer == YES) for y, it in zip(said_yes, items)])
     assert accuracy >= 0.85 and 0.3 <= np.mean(said_yes) <= 0.7, (accuracy, np.mean(said_yes))

@@ -26,6 +26,7 @@ from .world import (
     Splits,
     all_kinds,
     caption,
+    parse_prompt,
     random_scene,
     sample_scene,
     satisfies,
@@ -212,3 +213,10 @@ def write_prompt_files(splits: Splits, out_dir: str | Path) -> dict[str, Path]:
         write_text_atomic(path, "\n".join(lines) + "\n")
         paths[name] = path
     return paths
+
+
+def read_prompt_file(path: str | Path) -> list[Query]:
+    """The queries of a prompt file (``unigap selfplay``'s format, e.g. a model's ``prompts/test.jsonl``)."""
+    from ..prompts import load_prompt_file
+
+    return [parse_prompt(p.text) for p in load_prompt_file(path)]

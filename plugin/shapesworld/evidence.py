@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from ..fsutil import write_text_atomic
-from .world import LEVELS, Query, oracle, parse_prompt
+from .data import read_prompt_file
+from .world import LEVELS, Query, oracle
 
 MODELS = ("base", "sft", "csft", "dpo")
 NAMES = {"base": "base model", "sft": "SFT", "csft": "C-SFT", "dpo": "DPO"}
@@ -78,11 +79,6 @@ class EvidenceConfig:
 # ---------------------------------------------------------------------------------- helpers
 def _log(msg: str) -> None:
     print(f"[unigap evidence] {msg}", flush=True)
-
-
-def _read_queries(path: Path) -> list[Query]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [parse_prompt(r["prompt"]) for r in rows]
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -361,46 +357,44 @@ def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[f
     gen = {m: [e["generation"] for e in runs] for m, runs in evals.items()}
     und = {m: [e["understanding"] for e in runs] for m, runs in evals.items()}
     prompts = sorted({r["prompt"] for recs in gen["base"] for r in recs})
-    level_of = {r["prompt"]: r["level"] for recs in gen["base"] for r in recs}
+    level_of = {r["prompt"]: r["level"] for runs in evals.values() for e in runs
+                for recs in (e["generation"], e.get("seen_generation", ())) for r in recs}
 
     def acc(r):
         return r["p_yes"] >= threshold
 
-    def metric(model: str, kind: str, level: str | None = None, other: str | None = None) -> dict[str, Any]:
-        units = [p for p in prompts if level in (None, level_of[p])]
-        sel = gen if kind != "und" else und
+    def metric(model: str, kind: str, level: str = "all", other: str | None = None,
+               source: dict[str, list[list[dict[str, Any]]]] = gen) -> dict[str, Any]:
+        """A rate (``other``: the paired difference model - other) over the prompts of ``source``."""
+        names = sorted({r["prompt"] for recs in source["base"] for r in recs}) if source is not gen else prompts
+        units = [p for p in names if level in ("all", level_of[p])]
         num_fn = {"oracle": lambda r: r["correct"], "nonu": lambda r: not acc(r),
                   "und": lambda r: acc(r) == r["truth"], "yes": acc}[kind]
-        mine = outcomes(sel[model], units, num_fn)
+        data = und if kind == "und" else source
+        mine = outcomes(data[model], units, num_fn)
         if other is None:
             return _entry(*nested_bootstrap(mine))
-        return _entry(*nested_bootstrap(mine, outcomes(sel[other], units, num_fn)))
+        return _entry(*nested_bootstrap(mine, outcomes(data[other], units, num_fn)))
 
     models = [m for m in MODELS if m in gen]
-    table: dict[str, Any] = {}
-    for m in models:
-        table[m] = {
-            "oracle_accuracy": {lv: metric(m, "oracle", lv) for lv in (*LEVELS, None)},
-            "non_unification": {lv: metric(m, "nonu", lv) for lv in (*LEVELS, None)},
+    table = {
+        m: {
+            "oracle_accuracy": {lv: metric(m, "oracle", lv) for lv in (*LEVELS, "all")},
+            "non_unification": {lv: metric(m, "nonu", lv) for lv in (*LEVELS, "all")},
             "understanding_accuracy": metric(m, "und"),
             "understanding_yes_share": metric(m, "yes"),
         }
-    for m in table:
-        for k in ("oracle_accuracy", "non_unification"):
-            table[m][k]["all"] = table[m][k].pop(None)
-
+        for m in models
+    }
     seen: dict[str, Any] = {}
     if all("seen_generation" in e for runs in evals.values() for e in runs):
         sgen = {m: [e["seen_generation"] for e in runs] for m, runs in evals.items()}
-        sprompts = sorted({r["prompt"] for recs in sgen["base"] for r in recs})
         for m in models:
-            row = {}
-            for kind, fn in (("oracle_accuracy", lambda r: r["correct"]), ("non_unification", lambda r: not acc(r))):
-                seen_table = outcomes(sgen[m], sprompts, fn)
-                row[kind] = _entry(*nested_bootstrap(seen_table))
+            seen[m] = {}
+            for name, kind in (("oracle_accuracy", "oracle"), ("non_unification", "nonu")):
+                seen[m][name] = metric(m, kind, source=sgen)
                 if m != "base":
-                    row[kind + "_minus_base"] = _entry(*nested_bootstrap(seen_table, outcomes(sgen["base"], sprompts, fn)))
-            seen[m] = row
+                    seen[m][name + "_minus_base"] = metric(m, kind, other="base", source=sgen)
 
     claims: dict[str, Any] = {}
     # 1. non-unification grows with difficulty (base model, test prompts; and the train-prompt self-play)
@@ -408,7 +402,7 @@ def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[f
               for lv in LEVELS}
     diffs = {}
     for hi_lv, lo_lv in (("medium", "easy"), ("hard", "medium"), ("hard", "easy")):
-        # unpaired across levels: different prompts; bootstrap each level's table with a shared seed draw
+        # unpaired: the levels hold different prompts, so each level is resampled on its own
         diffs[f"{hi_lv}-{lo_lv}"] = _level_diff(base_n[hi_lv], base_n[lo_lv])
     sp_prompts = sorted({r["prompt"] for recs in selfplay for r in recs})
     sp_level = {r["prompt"]: r["difficulty"] for recs in selfplay for r in recs}
@@ -436,7 +430,7 @@ def analyse(evals: dict[str, list[dict[str, Any]]], grads: list[dict[str, list[f
         "accepted_oracle_accepts": precision,
         "train_selfplay_rejected_oracle_also_rejects": _entry(*nested_bootstrap(sp_rejected)),
         "rejected_images": int(rejected.den.sum()),
-        "verdict": "confirmed" if weak["ci"][0] > 0.5 else "refuted" if weak["ci"][1] < 0.5 else "not confirmed",
+        "verdict": _verdict([weak["ci"][0] - 0.5, weak["ci"][1] - 0.5], +1),
         "rule": "share of the base model's rejected test images that the oracle also rejects, 95% CI above 50%",
     }
     # 3. SFT: non-unification down, oracle generation accuracy up
@@ -508,7 +502,8 @@ def _level_diff(hi: Outcomes, lo: Outcomes) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- report
-def _pct(e: dict[str, Any], signed: bool = False) -> str:
+def pct(e: dict[str, Any], signed: bool = False) -> str:
+    """A rate and its interval in percent: ``12.3 [4.5, 20.1]``."""
     fmt = "{:+.1f}" if signed else "{:.1f}"
     return f"{fmt.format(100 * e['value'])} [{fmt.format(100 * e['ci'][0])}, {fmt.format(100 * e['ci'][1])}]"
 
@@ -534,12 +529,12 @@ def markdown(result: dict[str, Any], cfg: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     key = {
-        "1": lambda e: f"non-unification hard - easy {_pct(e['test_differences']['hard-easy'], True)}",
-        "2": lambda e: f"rejected that the oracle also rejects {_pct(e['rejected_oracle_also_rejects'])}",
-        "3": lambda e: f"non-unification {_pct(e['non_unification_sft_minus_base'], True)}, "
-                       f"accuracy {_pct(e['oracle_accuracy_sft_minus_base'], True)}",
-        "4": lambda e: f"understanding {_pct(e['understanding_accuracy_sft_minus_base'], True)}",
-        "5": lambda e: "; ".join(f"{label} {_pct(e[k], True)}" for label, k in (
+        "1": lambda e: f"non-unification hard - easy {pct(e['test_differences']['hard-easy'], True)}",
+        "2": lambda e: f"rejected that the oracle also rejects {pct(e['rejected_oracle_also_rejects'])}",
+        "3": lambda e: f"non-unification {pct(e['non_unification_sft_minus_base'], True)}, "
+                       f"accuracy {pct(e['oracle_accuracy_sft_minus_base'], True)}",
+        "4": lambda e: f"understanding {pct(e['understanding_accuracy_sft_minus_base'], True)}",
+        "5": lambda e: "; ".join(f"{label} {pct(e[k], True)}" for label, k in (
             ("C-SFT - SFT accuracy", "oracle_accuracy_csft_minus_sft"),
             ("DPO - SFT accuracy", "oracle_accuracy_dpo_minus_sft")) if k in e),
         "6": lambda e: f"cosine matched {e['cosine_matched']['value']:.3f} vs unmatched "
@@ -553,41 +548,41 @@ def markdown(result: dict[str, Any], cfg: dict[str, Any]) -> str:
               "understanding acc. | Yes share |", "|---|" + "---|" * 10]
     for m, row in t.items():
         oa, nu = row["oracle_accuracy"], row["non_unification"]
-        lines.append(f"| {NAMES[m]} | {_pct(oa['all'])} | " + " | ".join(f"{100 * oa[lv]['value']:.1f}" for lv in LEVELS)
-                     + f" | {_pct(nu['all'])} | " + " | ".join(f"{100 * nu[lv]['value']:.1f}" for lv in LEVELS)
-                     + f" | {_pct(row['understanding_accuracy'])} | {100 * row['understanding_yes_share']['value']:.1f} |")
+        lines.append(f"| {NAMES[m]} | {pct(oa['all'])} | " + " | ".join(f"{100 * oa[lv]['value']:.1f}" for lv in LEVELS)
+                     + f" | {pct(nu['all'])} | " + " | ".join(f"{100 * nu[lv]['value']:.1f}" for lv in LEVELS)
+                     + f" | {pct(row['understanding_accuracy'])} | {100 * row['understanding_yes_share']['value']:.1f} |")
     if result.get("seen_table"):
         lines += ["", "Secondary: the same models on the train prompts their self-play data came from (seen prompts, "
                   "half the images per prompt):", "",
                   "| model | oracle accuracy | vs base | non-unification | vs base |", "|---|---|---|---|---|"]
         for m, row in result["seen_table"].items():
-            lines.append(f"| {NAMES[m]} | {_pct(row['oracle_accuracy'])} | "
-                         + (_pct(row['oracle_accuracy_minus_base'], True) if m != "base" else "") + f" | "
-                         + f"{_pct(row['non_unification'])} | "
-                         + (_pct(row['non_unification_minus_base'], True) if m != "base" else "") + " |")
+            lines.append(f"| {NAMES[m]} | {pct(row['oracle_accuracy'])} | "
+                         + (pct(row['oracle_accuracy_minus_base'], True) if m != "base" else "") + f" | "
+                         + f"{pct(row['non_unification'])} | "
+                         + (pct(row['non_unification_minus_base'], True) if m != "base" else "") + " |")
     c1 = c["1"]
     lines += ["", "## Details", "",
               "**1.** Base model, non-unification per level on the test prompts: "
-              + ", ".join(f"{lv} {_pct(c1['test'][lv])}" for lv in LEVELS)
-              + "; differences " + ", ".join(f"{k} {_pct(v, True)}" for k, v in c1["test_differences"].items())
+              + ", ".join(f"{lv} {pct(c1['test'][lv])}" for lv in LEVELS)
+              + "; differences " + ", ".join(f"{k} {pct(v, True)}" for k, v in c1["test_differences"].items())
               + ". On its own train-prompt self-play (the data it trains on): "
-              + ", ".join(f"{lv} {_pct(c1['train_selfplay'][lv])}" for lv in LEVELS)
-              + f"; hard - easy {_pct(c1['train_selfplay_hard_minus_easy'], True)}.",
+              + ", ".join(f"{lv} {pct(c1['train_selfplay'][lv])}" for lv in LEVELS)
+              + f"; hard - easy {pct(c1['train_selfplay_hard_minus_easy'], True)}.",
               "",
               f"**2.** Of {c['2']['rejected_images']} rejected test images, the oracle also rejects "
-              f"{_pct(c['2']['rejected_oracle_also_rejects'])} (weak generation) and accepts "
-              f"{_pct(c['2']['rejected_oracle_accepts'])} (misunderstanding). Of the images the judge accepts, "
-              f"the oracle accepts {_pct(c['2']['accepted_oracle_accepts'])}. Train-prompt self-play: rejected that "
-              f"the oracle also rejects {_pct(c['2']['train_selfplay_rejected_oracle_also_rejects'])}."]
+              f"{pct(c['2']['rejected_oracle_also_rejects'])} (weak generation) and accepts "
+              f"{pct(c['2']['rejected_oracle_accepts'])} (misunderstanding). Of the images the judge accepts, "
+              f"the oracle accepts {pct(c['2']['accepted_oracle_accepts'])}. Train-prompt self-play: rejected that "
+              f"the oracle also rejects {pct(c['2']['train_selfplay_rejected_oracle_also_rejects'])}."]
     if "3" in c:
         lines += ["", "**3.** SFT - base, oracle accuracy per level: " + ", ".join(
-            f"{lv} {_pct(v, True)}" for lv, v in c["3"]["per_level_oracle_accuracy_sft_minus_base"].items()) + "."]
+            f"{lv} {pct(v, True)}" for lv, v in c["3"]["per_level_oracle_accuracy_sft_minus_base"].items()) + "."]
     if "4" in c:
         lines += ["", "**4.** Understanding accuracy difference vs the base model: SFT "
-                  f"{_pct(c['4']['understanding_accuracy_sft_minus_base'], True)}"
-                  + "".join(f", {NAMES[m]} {_pct(v, True)}" for m, v in c["4"]["others"].items()) + "."]
+                  f"{pct(c['4']['understanding_accuracy_sft_minus_base'], True)}"
+                  + "".join(f", {NAMES[m]} {pct(v, True)}" for m, v in c["4"]["others"].items()) + "."]
     if "5" in c:
-        lines += ["", "**5.** " + "; ".join(f"{k.replace('_', ' ')} {_pct(v, True)}" for k, v in c["5"].items()
+        lines += ["", "**5.** " + "; ".join(f"{k.replace('_', ' ')} {pct(v, True)}" for k, v in c["5"].items()
                                           if isinstance(v, dict)) + "."]
     if "6" in c:
         lines += ["", f"**6.** {c['6']['pairs']} matched and as many unmatched samples over the seeds; gradients over "
@@ -597,6 +592,30 @@ def markdown(result: dict[str, Any], cfg: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------- driver
+#: settings that change no cached result (a rerun may add seeds or models to an output directory)
+NON_RESULT_KEYS = ("out", "seeds", "models")
+CONFIG_FILE = "evidence_config.json"
+
+
+def _claim_output(cfg: EvidenceConfig, out: Path) -> None:
+    """Every stage is cached in ``out``; refuse a directory whose cache was made with other settings."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in NON_RESULT_KEYS}
+    path = out / CONFIG_FILE
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in settings.keys() | old.keys() if old.get(k) != settings.get(k))
+        if changed:
+            raise EvidenceError(
+                f"{out} holds evidence made with other settings ({', '.join(f'{k}: {old.get(k)!r} -> {settings.get(k)!r}' for k in changed)}); "
+                "its cached runs would be reused: choose another --out"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise EvidenceError(f"{out} is not empty and holds no {CONFIG_FILE}: choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(path, settings)
+
+
 def run_evidence(cfg: EvidenceConfig) -> dict[str, Any]:
     model = Path(cfg.model)
     if not (model / "shapesworld.json").exists():
@@ -608,9 +627,9 @@ def run_evidence(cfg: EvidenceConfig) -> dict[str, Any]:
     if unknown or "base" not in cfg.models:
         raise EvidenceError(f"models must include base and be among {MODELS}, got {cfg.models}")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    test = _read_queries(model / "prompts" / "test.jsonl")
-    train = _read_queries(model / "prompts" / "train.jsonl")
+    _claim_output(cfg, out)
+    test = read_prompt_file(model / "prompts" / "test.jsonl")
+    train = read_prompt_file(model / "prompts" / "train.jsonl")
     times: dict[str, float] = {}
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
