@@ -1,7 +1,7 @@
 """A tiny random Janus-architecture checkpoint, built offline in seconds.
 
 It is a real ``JanusForConditionalGeneration`` (config, safetensors weights, a
-byte-level BPE tokenizer trained here, a processor, a generation config) that
+byte-level BPE tokenizer trained offline by ``unigap.textbpe``, a processor, a generation config) that
 loads with ``from_pretrained`` and exercises every path of unigap: the real
 Janus-Pro checkpoints go through exactly the same code, only bigger.
 """
@@ -13,9 +13,11 @@ import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from .fsutil import atomic_directory
+from .textbpe import build_bpe_tokenizer
 
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 IMAGE, BOI, EOI = "<image_placeholder>", "<begin_of_image>", "<end_of_image>"
@@ -73,39 +75,37 @@ def _corpus(seed: int) -> list[str]:
     return lines
 
 
-def build_tokenizer(spec: TinySpec):
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+def janus_tokenizer_class() -> type:
+    """The ``transformers`` class a Janus tokenizer is wrapped in.
 
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=spec.text_vocab,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    core.train_from_iterator(_corpus(spec.seed), trainer)
-    # like Janus-Pro's tokenizer, encoding with special tokens prepends BOS
-    bos_id = core.token_to_id(BOS)
-    core.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
-    )
-    # transformers 4.5x's JanusProcessor insists on a LlamaTokenizerFast; in 5.x that class rebuilds a
-    # sentencepiece-style pipeline on reload, so the generic class that keeps tokenizer.json is used.
+    transformers 4.5x's JanusProcessor insists on a LlamaTokenizerFast; in 5.x that class rebuilds a
+    sentencepiece-style pipeline on reload, so the generic class that keeps tokenizer.json is used.
+    """
+    import transformers
+
     if int(transformers.__version__.split(".")[0]) < 5:
-        from transformers import LlamaTokenizerFast as tokenizer_class
-    else:
-        from transformers import PreTrainedTokenizerFast as tokenizer_class
-    return tokenizer_class(
-        tokenizer_object=core,
+        return transformers.LlamaTokenizerFast
+    return transformers.PreTrainedTokenizerFast
+
+
+def janus_bpe_tokenizer(corpus: Iterable[str], vocab_size: int) -> Any:
+    """A Janus-Pro-style tokenizer (its special tokens; encoding prepends BOS) trained offline on ``corpus``."""
+    return build_bpe_tokenizer(
+        corpus,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
         bos_token=BOS,
         eos_token=EOS,
         pad_token=PAD,
-        model_max_length=4096,
+        prepend_bos=True,  # like Janus-Pro's tokenizer
         extra_special_tokens={"image_token": IMAGE, "boi_token": BOI, "eoi_token": EOI},
+        model_max_length=4096,
+        tokenizer_class=janus_tokenizer_class(),
     )
+
+
+def build_tokenizer(spec: TinySpec):
+    return janus_bpe_tokenizer(_corpus(spec.seed), spec.text_vocab)
 
 
 def _image_processor(spec: TinySpec):

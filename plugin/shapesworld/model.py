@@ -23,15 +23,7 @@ import numpy as np
 
 from ..fsutil import atomic_directory
 from ..models.janus import DEFAULT_SYSTEM
-from ..tiny import (
-    BOI,
-    BOS,
-    EOS,
-    IMAGE,
-    PAD,
-    SPECIAL_TOKENS,
-    build_janus,
-)
+from ..tiny import build_janus, janus_bpe_tokenizer
 from .data import CAPTION_QUESTION, NO, QUESTION, YES
 from .world import CELL, COLOURS, GRID, PALETTE, PALETTE_ARRAY, RELATIONS, SHAPES, SIZE, all_queries, grid_to_image
 
@@ -65,34 +57,8 @@ def world_corpus() -> list[str]:
 
 
 def build_world_tokenizer(spec: ShapesSpec) -> Any:
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=spec.text_vocab,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    core.train_from_iterator(world_corpus(), trainer)
-    core.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, core.token_to_id(BOS))]
-    )
-    if int(transformers.__version__.split(".")[0]) < 5:
-        from transformers import LlamaTokenizerFast as tokenizer_class
-    else:
-        from transformers import PreTrainedTokenizerFast as tokenizer_class
-    return tokenizer_class(
-        tokenizer_object=core,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        model_max_length=4096,
-        extra_special_tokens={"image_token": IMAGE, "boi_token": BOI, "eoi_token": "<end_of_image>"},
-    )
+    """Janus-Pro's special tokens, a byte-level BPE trained offline on :func:`world_corpus`."""
+    return janus_bpe_tokenizer(world_corpus(), spec.text_vocab)
 
 
 def build_model(spec: ShapesSpec) -> tuple[Any, Any, Any]:
