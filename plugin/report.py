@@ -7,7 +7,7 @@ Scores, for all prompts and per difficulty level and category:
 * **pass@N**: share of prompts with at least one accepted candidate;
 * **discard pool**: prompts with no accepted candidate (what C-SFT replays).
 
-Confidence intervals are 95% percentile bootstraps at two levels: prompts are
+Confidence intervals are 95% percentile bootstraps (``unigap.stats``) at two levels: prompts are
 resampled (a prompt's N candidates share the prompt, so they are not
 independent draws), then candidates within each drawn prompt (so a group of
 one prompt still gets an honest interval); the bootstrap is seeded, so a report is reproducible.  With two runs, the
@@ -26,6 +26,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from . import stats
+from .errors import UnigapError
 from .fsutil import write_bytes_atomic, write_text_atomic
 from .runs import is_complete, iter_records, read_meta, resolve_inside
 
@@ -33,12 +35,11 @@ METRICS = ("non_unification", "mean_p_yes", "pass_at_n")
 LABELS = {"non_unification": "non-unification", "mean_p_yes": "mean P(yes)", "pass_at_n": "pass@N"}
 LEVEL_ORDER = {"easy": 0, "medium": 1, "hard": 2}
 NONE = "(none)"
-REPLICATES = 2000
-CHUNK = 100
+REPLICATES = stats.REPLICATES
 
 
-class ReportError(ValueError):
-    pass
+class ReportError(UnigapError):
+    """A run cannot be reported (no records, wrong number of runs)."""
 
 
 # ---------------------------------------------------------------------------------- per-prompt table
@@ -80,14 +81,19 @@ class PromptTable:
         self.text = text
 
     def subset(self, mask: np.ndarray) -> "PromptTable":
+        """The prompts where ``mask`` is true, in their order."""
+        return self.take(np.flatnonzero(mask))
+
+    def take(self, order: np.ndarray) -> "PromptTable":
+        """The prompts at ``order`` (indices), in that order."""
+        order = np.asarray(order, dtype=np.int64)
         sub = object.__new__(PromptTable)
-        keep = np.flatnonzero(mask)
-        sub.ids = [self.ids[i] for i in keep]
-        sub.n, sub.p, sub.acc = self.n[keep], self.p[keep], self.acc[keep]
-        sub.difficulty = [self.difficulty[i] for i in keep]
-        sub.category = [self.category[i] for i in keep]
-        sub.text = [self.text[i] for i in keep]
-        sub.candidates = [self.candidates[i] for i in keep]
+        sub.ids = [self.ids[i] for i in order]
+        sub.n, sub.p, sub.acc = self.n[order], self.p[order], self.acc[order]
+        sub.difficulty = [self.difficulty[i] for i in order]
+        sub.category = [self.category[i] for i in order]
+        sub.text = [self.text[i] for i in order]
+        sub.candidates = [self.candidates[i] for i in order]
         return sub
 
     def groups(self, key: str) -> dict[str, np.ndarray]:
@@ -97,14 +103,10 @@ class PromptTable:
     def valid(self) -> np.ndarray:
         return np.arange(self.p.shape[1]) < self.n[:, None]
 
-    def resample(self, idx: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Metrics of bootstrap replicates: prompts ``idx`` (R, P), then candidates within each prompt."""
-        n = self.n[idx]  # (R, P)
-        width = self.p.shape[1]
-        pick = np.minimum((rng.random(idx.shape + (width,)) * n[..., None]).astype(np.int64), width - 1)
-        valid = np.arange(width) < n[..., None]
-        rows = idx[..., None]
-        return _metrics(self.p[rows, pick], self.acc[rows, pick], valid)
+    def metrics(self, draw: stats.Draw) -> dict[str, np.ndarray]:
+        """Metrics of bootstrap replicates (``unigap.stats``: prompts, then candidates within each)."""
+        return _metrics(draw.take(self.p), draw.take(self.acc), draw.valid)
+
 
 def ordered_levels(labels: Sequence[str]) -> list[str]:
     """easy < medium < hard, numbers numerically, other labels alphabetically; '(none)' last."""
@@ -145,46 +147,31 @@ def point(table: PromptTable) -> dict[str, Any]:
     }
 
 
-def _replicates(n: int, seed: int) -> Iterable[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    for start in range(0, REPLICATES, CHUNK):
-        yield rng.integers(0, n, size=(min(CHUNK, REPLICATES - start), n))
-
-
 def bootstrap(table: PromptTable, seed: int = 0) -> dict[str, list[float]]:
     """95% percentile intervals of each metric (prompts resampled, then candidates within them)."""
-    rng = np.random.default_rng(seed + 7)
-    draws: dict[str, list[np.ndarray]] = {k: [] for k in METRICS}
-    for idx in _replicates(len(table.ids), seed):
-        for k, v in table.resample(idx, rng).items():
-            draws[k].append(v)
-    return {k: _interval(np.concatenate(v)) for k, v in draws.items()}
+    draws = stats.nested_bootstrap(table.metrics, table.n, replicates=REPLICATES, seed=seed)
+    return {k: stats.percentile_interval(draws[k]) for k in METRICS}
 
 
 def bootstrap_diff(before: PromptTable, after: PromptTable, seed: int = 0) -> tuple[dict[str, list[float]], bool]:
-    """Intervals of after - before; paired over prompts when both hold the same prompt ids."""
+    """Intervals of after - before.  When both hold the same prompt ids the bootstrap is paired over
+    prompts (one draw of prompts for both runs; each run's candidates drawn within them); otherwise
+    each run is resampled on its own."""
     paired = sorted(before.ids) == sorted(after.ids)
-    perm = None
     if paired:
         where = {pid: i for i, pid in enumerate(after.ids)}
-        perm = np.array([where[pid] for pid in before.ids])
-    rng = np.random.default_rng(seed + 7)
-    rng_after = np.random.default_rng(seed + 1)
-    draws: dict[str, list[np.ndarray]] = {k: [] for k in METRICS}
-    for idx in _replicates(len(before.ids), seed):
-        b = before.resample(idx, rng)
-        if perm is not None:
-            a = after.resample(perm[idx], rng)
-        else:
-            a = after.resample(rng_after.integers(0, len(after.ids), size=(idx.shape[0], len(after.ids))), rng)
-        for k in METRICS:
-            draws[k].append(a[k] - b[k])
-    return {k: _interval(np.concatenate(v)) for k, v in draws.items()}, paired
+        aligned = after.take(np.array([where[pid] for pid in before.ids]))
 
+        def diff(b: stats.Draw, a: stats.Draw) -> dict[str, np.ndarray]:
+            mb, ma = before.metrics(b), aligned.metrics(a)
+            return {k: ma[k] - mb[k] for k in METRICS}
 
-def _interval(values: np.ndarray) -> list[float]:
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return [float(lo), float(hi)]
+        draws = stats.nested_bootstrap(diff, before.n, aligned.n, replicates=REPLICATES, seed=seed)
+    else:
+        b = stats.nested_bootstrap(before.metrics, before.n, replicates=REPLICATES, seed=seed)
+        a = stats.nested_bootstrap(after.metrics, after.n, replicates=REPLICATES, seed=seed + 1)
+        draws = {k: a[k] - b[k] for k in METRICS}
+    return {k: stats.percentile_interval(draws[k]) for k in METRICS}, paired
 
 
 def summarize(records: Iterable[dict[str, Any]], num_candidates: int | None = None) -> dict[str, Any]:

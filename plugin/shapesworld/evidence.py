@@ -44,17 +44,19 @@ from typing import Any
 
 import numpy as np
 
+from .. import stats
+from ..errors import UnigapError
 from ..fsutil import write_text_atomic
 from .data import read_prompt_file
 from .world import LEVELS, Query, oracle
 
 MODELS = ("base", "sft", "csft", "dpo")
 NAMES = {"base": "base model", "sft": "SFT", "csft": "C-SFT", "dpo": "DPO"}
-REPLICATES = 2000
+REPLICATES = stats.REPLICATES
 
 
-class EvidenceError(ValueError):
-    pass
+class EvidenceError(UnigapError):
+    """Evidence cannot run as asked (not a ShapesWorld model, an output directory of other settings, ...)."""
 
 
 @dataclass
@@ -292,34 +294,11 @@ def outcomes(records_by_seed: Sequence[Sequence[dict[str, Any]]], units: Sequenc
     return Outcomes(n, d, c)
 
 
-def _draws(tables: Sequence[Outcomes], rng: np.random.Generator, replicates: int) -> list[np.ndarray]:
-    """Bootstrap replicates of each table's rate, drawing seeds, then units, then samples within
-    each drawn cell, with the SAME draws for every table (tables of one shape are paired)."""
-    first = tables[0]
-    seeds, units, width = first.num.shape
-    out: list[list[np.ndarray]] = [[] for _ in tables]
-    chunk = max(1, 2_000_000 // max(1, seeds * units * width))
-    for start in range(0, replicates, chunk):
-        r = min(chunk, replicates - start)
-        si = rng.integers(0, seeds, size=(r, seeds))[:, :, None, None]
-        ui = rng.integers(0, units, size=(r, units))[:, None, :, None]
-        count = first.count[si[..., 0], ui[..., 0]]  # (r, seeds, units)
-        ki = np.minimum((rng.random((r, seeds, units, width)) * count[..., None]).astype(np.int64), width - 1)
-        valid = np.arange(width) < count[..., None]
-        for t, table in enumerate(tables):
-            n = np.where(valid, table.num[si, ui, ki], 0.0).sum((1, 2, 3))
-            d = np.where(valid, table.den[si, ui, ki], 0.0).sum((1, 2, 3))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[t].append(n / d)
-    return [np.concatenate(v) for v in out]
-
-
-def _interval(draws: np.ndarray) -> list[float]:
-    draws = draws[~np.isnan(draws)]
-    if not draws.size:
-        return [math.nan, math.nan]
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return [float(lo), float(hi)]
+def _draws(tables: Sequence[Outcomes], seed: int | np.random.Generator, replicates: int) -> list[np.ndarray]:
+    """Bootstrap replicates of each table's rate (``unigap.stats``: seeds, then units, then samples
+    within each drawn cell), with the SAME draws for every table (tables of one shape are paired)."""
+    return stats.nested_bootstrap(lambda d: [d.rate(t.num, t.den) for t in tables], tables[0].count,
+                                  replicates=replicates, seed=seed)
 
 
 def nested_bootstrap(table: Outcomes, minus: Outcomes | None = None, seed: int = 0,
@@ -328,13 +307,12 @@ def nested_bootstrap(table: Outcomes, minus: Outcomes | None = None, seed: int =
     interval: seeds resampled, then units (prompts) within the drawn seeds, then each drawn
     cell's own samples (so a level of one prompt still gets an honest interval).  A paired
     difference uses the same draws on both sides, down to the sample."""
-    rng = np.random.default_rng(seed)
     if minus is None:
-        return table.value(), _interval(_draws([table], rng, replicates)[0])
-    if table.num.shape != minus.num.shape:
-        raise ValueError(f"paired tables must have one shape, got {table.num.shape} and {minus.num.shape}")
-    a, b = _draws([table, minus], rng, replicates)
-    return table.value() - minus.value(), _interval(a - b)
+        return table.value(), stats.percentile_interval(_draws([table], seed, replicates)[0])
+    if table.num.shape != minus.num.shape or not np.array_equal(table.count, minus.count):
+        raise EvidenceError(f"paired tables must have one shape, got {table.num.shape} and {minus.num.shape}")
+    a, b = _draws([table, minus], seed, replicates)
+    return table.value() - minus.value(), stats.percentile_interval(a - b)
 
 
 def _entry(value: float, ci: list[float]) -> dict[str, Any]:
@@ -496,9 +474,9 @@ def _level_diff(hi: Outcomes, lo: Outcomes) -> dict[str, Any]:
     """Difference of two levels' rates (different prompts): each level resampled on its own."""
     if not hi.den.sum() or not lo.den.sum():
         return {"value": math.nan, "ci": [math.nan, math.nan]}
-    a = _draws([hi], np.random.default_rng(11), REPLICATES)[0]
-    b = _draws([lo], np.random.default_rng(12), REPLICATES)[0]
-    return {"value": hi.value() - lo.value(), "ci": _interval(a - b)}
+    a = _draws([hi], 11, REPLICATES)[0]
+    b = _draws([lo], 12, REPLICATES)[0]
+    return {"value": hi.value() - lo.value(), "ci": stats.percentile_interval(a - b)}
 
 
 # ---------------------------------------------------------------------------------- report
