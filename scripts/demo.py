@@ -121,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-candidates", type=int, default=None)
     parser.add_argument("--cfg-scale", type=float, default=1.0)
     args = parser.parse_args(argv)
+    from unigap.host.llamafactory.recipes import train_command, write_train_yaml
     from unigap.prompts import load_prompt_file
     from unigap.shapesworld.evidence import NAMES as MODEL_NAMES
-    from unigap.shapesworld.evidence import EvidenceConfig, pct, train_config
+    from unigap.shapesworld.evidence import EvidenceConfig, pct, recipe
 
     out, model = Path(args.out).resolve(), Path(args.model).resolve()
     if out.exists() and any(out.iterdir()):
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = EvidenceConfig(model=str(model), cfg_scale=args.cfg_scale, num_candidates=n)
     if args.quick:
         cfg.sft_epochs, cfg.replay_epoch, cfg.dpo_epochs = 2, 1, 2
-    unigap, lf = BIN / "unigap", BIN / "llamafactory-cli"
+    unigap = BIN / "unigap"
     prompts = model / "prompts" / "val.jsonl"
     threshold = 0.5
     kinds = KINDS
@@ -160,16 +161,11 @@ def main(argv: list[str] | None = None) -> int:
          [unigap, "build", "sft", runs["before"], "--out", data, "--name", "gap_sft"], times, "build")
     step("3/6 build DPO pairs (most-yes vs most-no)",
          [unigap, "build", "dpo", runs["before"], "--out", data, "--name", "gap_dpo"], times, "build")
-    import yaml
-
-    (out / "configs").mkdir()
     trained = {}
     for kind in kinds:
         trained[kind] = out / "models" / kind
-        config = train_config(cfg, kind, data, trained[kind], seed=0)
-        path = out / "configs" / f"demo_{kind}.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        step(f"4/6 llamafactory-cli train ({MODEL_NAMES[kind]}, full fine-tuning)", [lf, "train", path], times,
+        path = write_train_yaml(out / "configs" / f"demo_{kind}.yaml", recipe(cfg, kind, data, trained[kind], seed=0))
+        step(f"4/6 llamafactory-cli train ({MODEL_NAMES[kind]}, full fine-tuning)", train_command(path), times,
              f"train {MODEL_NAMES[kind]}")
     for kind in kinds:
         runs[kind] = out / f"selfplay_{kind}"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from unigap.shapesworld.evidence import (
     CONFIG_FILE,
@@ -154,3 +155,70 @@ def test_gradients_match_transformers_own_losses():
                          for g, p in zip(torch.autograd.grad(out.loss, params, allow_unused=True), params)])
         assert torch.nn.functional.cosine_similarity(ref, g_und, dim=0) > 0.999
         assert torch.allclose(ref.norm(), g_und.norm(), rtol=1e-2)
+
+
+# ---------------------------------------------------------------------------------- the training recipes
+def test_evidence_trains_through_the_hosts_recipes(tmp_path):
+    """evidence's (and the demo's) YAML comes from unigap.host.llamafactory.recipes: every recipe's keys,
+    LoRA as an option, the template from the model's family, and the file round-trips."""
+    import yaml
+
+    from unigap.host.llamafactory.recipes import Recipe, RecipeError, train_command, train_config, write_train_yaml
+    from unigap.shapesworld.evidence import recipe
+    from unigap.shapesworld.evidence import train_config as evidence_config
+
+    cfg = EvidenceConfig(model=str(SHAPES))
+    common = {"model_name_or_path": str(SHAPES), "do_train": True, "finetuning_type": "full", "template": "janus",
+              "dataset_dir": "/d", "cutoff_len": 256, "output_dir": "/o", "overwrite_output_dir": True,
+              "logging_steps": 5, "save_strategy": "no", "report_to": "none", "lr_scheduler_type": "cosine",
+              "warmup_ratio": 0.1, "bf16": False, "seed": 2, "data_seed": 2, "dataloader_num_workers": 0,
+              "preprocessing_num_workers": 1}
+    sft = {**common, "stage": "sft", "dataset": "gap_sft", "per_device_train_batch_size": 32,
+           "learning_rate": cfg.sft_lr, "num_train_epochs": cfg.sft_epochs, "gen_prompt_dropout": 0.1}
+    csft = {**sft, "curriculum_difficulty": "label", "curriculum_pacing": "linear", "curriculum_start": 0.25,
+            "curriculum_full_at": 0.5, "replay_epochs": str(cfg.replay_epoch), "replay_pool": "gap_sft",
+            "replay_seed": 2002}
+    dpo = {**common, "stage": "dpo", "dataset": "gap_dpo", "per_device_train_batch_size": 8,
+           "learning_rate": cfg.dpo_lr, "num_train_epochs": cfg.dpo_epochs, "pref_beta": 0.1, "pref_loss": "sigmoid",
+           "pref_ftx": 0.1}
+    for kind, expected in (("sft", sft), ("csft", csft), ("dpo", dpo)):
+        got = evidence_config(cfg, kind, Path("/d"), Path("/o"), 2)
+        assert got == expected and list(got) == list(expected), kind
+        path = write_train_yaml(tmp_path / f"{kind}.yaml", recipe(cfg, kind, Path("/d"), Path("/o"), 2))
+        assert yaml.safe_load(path.read_text()) == expected
+    lora = train_config(Recipe("sft", str(SHAPES), "/d", "/o", learning_rate=1e-3, epochs=3, finetuning_type="lora",
+                               lora_rank=4, extra={"cutoff_len": 1024}))
+    assert (lora["finetuning_type"], lora["lora_rank"], lora["lora_alpha"], lora["lora_target"]) == ("lora", 4, 16, "all")
+    assert lora["cutoff_len"] == 1024
+    with pytest.raises(RecipeError, match="replay_epochs"):
+        train_config(Recipe("csft", str(SHAPES), "/d", "/o", learning_rate=1e-3, epochs=3))
+    with pytest.raises(RecipeError, match="unknown recipe"):
+        train_config(Recipe("ppo", str(SHAPES), "/d", "/o", learning_rate=1e-3, epochs=3))
+    assert train_command(path)[1:] == ["train", str(path)] and train_command(path)[0].endswith("llamafactory-cli")
+
+
+def test_oracle_run_reads_the_run_through_iter_records(tmp_path):
+    """The oracle's verdict per record; the run is read like every other reader does (an unfinished run
+    and an image path leaving the run are refused)."""
+    from unigap.runs import RECORD_KEYS, RunError, RunIncompleteError
+    from unigap.shapesworld.evidence import oracle_run
+
+    run = tmp_path / "run"
+    (run / "images").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    queries = list(make_splits(0).test)[:2]
+    rng = random.Random(0)
+    records = []
+    for i, q in enumerate(queries):
+        pixels, _ = render(q, rng)
+        Image.fromarray(pixels).save(run / "images" / f"{i}.png")
+        for prompt in (q.text, queries[1 - i].text):  # the image under its own prompt, then under the other
+            records.append({**{k: None for k in RECORD_KEYS}, "prompt": prompt, "image": f"images/{i}.png"})
+    with pytest.raises(RunIncompleteError):
+        oracle_run(run)
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run / "summary.json").write_text("{}")
+    assert [r["correct"] for r in oracle_run(run)] == [True, False, True, False]
+    (run / "records.jsonl").write_text(json.dumps({**records[0], "image": "../outside.png"}) + "\n")
+    with pytest.raises(RunError, match="outside the run directory"):
+        oracle_run(run)

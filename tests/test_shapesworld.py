@@ -247,9 +247,20 @@ def test_world_tokenizer_has_one_token_answers():
     assert len(yes) == len(no) == 1 and yes != no
     assert len(tokenizer.encode(DEFAULT_SYSTEM, add_special_tokens=False)) < 50
     assert len(tokenizer.encode(caption([Obj("red", "bar", 0, 0)]), add_special_tokens=False)) <= 8
+    # like Janus-Pro's, encoding with special tokens prepends BOS
+    assert tokenizer.encode("a red bar")[0] == tokenizer.bos_token_id
 
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "shapes-janus"
+
+
+def test_world_tokenizer_rebuilds_the_shipped_one_byte_for_byte(tmp_path):
+    """The committed model's tokenizer was trained by this code (unigap.textbpe, offline): rebuilt, it is
+    the same file, so its token ids and the committed weights still fit together."""
+    from unigap.shapesworld.model import ShapesSpec, build_world_tokenizer
+
+    build_world_tokenizer(ShapesSpec()).save_pretrained(tmp_path)
+    assert (tmp_path / "tokenizer.json").read_bytes() == (SHIPPED / "tokenizer.json").read_bytes()
 
 
 def test_shipped_default_is_small_and_its_judge_knows_the_world():

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from unigap import stats
 
 
@@ -29,7 +28,7 @@ def test_interval_covers_the_truth_at_the_nominal_rate():
         rates = rng.beta(2, 3, size=40)
         hits, counts = _ragged(rng, rates, 8)
         value = hits.sum() / counts.sum()
-        draws = stats.nested_bootstrap(lambda d: d.rate(hits), counts, replicates=400, seed=int(rng.integers(1 << 30)))
+        draws = stats.nested_bootstrap(lambda d, h=hits: d.rate(h), counts, replicates=400, seed=int(rng.integers(1 << 30)))
         lo, hi = stats.percentile_interval(draws)
         covered += lo <= truth <= hi
         widths.append(hi - lo)

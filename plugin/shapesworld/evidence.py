@@ -32,10 +32,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -47,6 +44,9 @@ import numpy as np
 from .. import stats
 from ..errors import UnigapError
 from ..fsutil import write_text_atomic
+from ..host.llamafactory.recipes import Recipe, run_train, write_train_yaml
+from ..host.llamafactory.recipes import train_config as recipe_config
+from ..runs import iter_records, resolve_inside
 from .data import read_prompt_file
 from .world import LEVELS, Query, oracle
 
@@ -87,19 +87,14 @@ def _write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=1))
 
 
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
-
-
 def oracle_run(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of a self-play run, each with the oracle's verdict on its image (``correct``)."""
+    """The records of a self-play run (``unigap.runs.iter_records``), each with the oracle's verdict on
+    its image (``correct``)."""
     from PIL import Image
 
-    run = Path(run_dir)
     out = []
-    for line in (run / "records.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        with Image.open(run / r["image"]) as img:
+    for r in iter_records(run_dir):
+        with Image.open(resolve_inside(run_dir, r["image"], "image")) as img:
             r["correct"] = oracle(img, r["prompt"])
         out.append(r)
     return out
@@ -120,54 +115,40 @@ def _selfplay(cfg: EvidenceConfig, seed: int, out: Path) -> Path:
 
 
 def _build(run: Path, out: Path) -> Path:
-    from ..cli import main as unigap_main
+    """``unigap build sft`` (every accepted image) and ``unigap build dpo`` (most-yes vs most-no), as
+    LLaMA-Factory datasets ``gap_sft`` / ``gap_dpo`` in ``out/data``."""
+    from ..data_builders.build import DpoOptions, SftOptions, build_dpo, build_sft
+    from ..host.llamafactory.datasets import FORMAT
 
     data = out / "data"
-    for kind, name in (("sft", "gap_sft"), ("dpo", "gap_dpo")):
+    for name, build, options in (("gap_sft", build_sft, SftOptions()), ("gap_dpo", build_dpo, DpoOptions())):
         if not (data / name / "manifest.json").exists():
-            code = unigap_main(["build", kind, str(run), "--out", str(data), "--name", name, "--overwrite"])
-            if code:
-                raise EvidenceError(f"unigap build {kind} failed for {run}")
+            result = build([str(run)], str(data), name, options, overwrite=True, fmt=FORMAT)
+            _log(f"built {name}: " + ", ".join(f"{k} {v}" for k, v in result["totals"].items()))
     return data
 
 
+def recipe(cfg: EvidenceConfig, kind: str, data: Path, out_dir: Path, seed: int) -> Recipe:
+    """The training of ``kind`` (sft, csft, dpo; full fine-tuning) on the seed's self-play data."""
+    if kind == "dpo":
+        return Recipe("dpo", cfg.model, str(data), str(out_dir), learning_rate=cfg.dpo_lr, epochs=cfg.dpo_epochs,
+                      seed=seed, dataset="gap_dpo")
+    return Recipe(kind, cfg.model, str(data), str(out_dir), learning_rate=cfg.sft_lr, epochs=cfg.sft_epochs, seed=seed,
+                  dataset="gap_sft", replay_epochs=cfg.replay_epoch if kind == "csft" else None,
+                  replay_pool="gap_sft", replay_seed=2000 + seed)
+
+
 def train_config(cfg: EvidenceConfig, kind: str, data: Path, out_dir: Path, seed: int) -> dict[str, Any]:
-    common = {
-        "model_name_or_path": cfg.model, "do_train": True, "finetuning_type": "full", "template": "janus",
-        "dataset_dir": str(data), "cutoff_len": 256, "output_dir": str(out_dir), "overwrite_output_dir": True,
-        "logging_steps": 5, "save_strategy": "no", "report_to": "none", "lr_scheduler_type": "cosine",
-        "warmup_ratio": 0.1, "bf16": False, "seed": seed, "data_seed": seed, "dataloader_num_workers": 0,
-        "preprocessing_num_workers": 1,
-    }
-    if kind in ("sft", "csft"):
-        common.update(stage="sft", dataset="gap_sft", per_device_train_batch_size=32, learning_rate=cfg.sft_lr,
-                      num_train_epochs=cfg.sft_epochs, gen_prompt_dropout=0.1)
-        if kind == "csft":
-            common.update(curriculum_difficulty="label", curriculum_pacing="linear", curriculum_start=0.25,
-                          curriculum_full_at=0.5, replay_epochs=str(cfg.replay_epoch), replay_pool="gap_sft",
-                          replay_seed=2000 + seed)
-        return common
-    common.update(stage="dpo", dataset="gap_dpo", per_device_train_batch_size=8, learning_rate=cfg.dpo_lr,
-                  num_train_epochs=cfg.dpo_epochs, pref_beta=0.1, pref_loss="sigmoid", pref_ftx=0.1)
-    return common
+    """The ``llamafactory-cli train`` keys of :func:`recipe`."""
+    return recipe_config(recipe(cfg, kind, data, out_dir, seed))
 
 
 def _train(cfg: EvidenceConfig, kind: str, data: Path, out: Path, seed: int) -> Path:
-    import yaml
-
     model_dir = out / "models" / kind
     if (model_dir / "model.safetensors").exists() and (model_dir / "trainer_state.json").exists():
         return model_dir
-    config = train_config(cfg, kind, data, model_dir, seed)
-    yaml_path = out / f"{kind}.yaml"
-    write_text_atomic(yaml_path, yaml.safe_dump(config, sort_keys=False))
-    log_path = out / f"{kind}.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1"}
-    with log_path.open("w") as handle:
-        proc = subprocess.run([_bin("llamafactory-cli"), "train", str(yaml_path)], stdout=handle,
-                              stderr=subprocess.STDOUT, env=env, check=False)
-    if proc.returncode:
-        raise EvidenceError(f"llamafactory-cli train {yaml_path} failed (exit {proc.returncode}); see {log_path}")
+    yaml_path = write_train_yaml(out / f"{kind}.yaml", recipe(cfg, kind, data, model_dir, seed))
+    run_train(yaml_path, log_path=out / f"{kind}.log")
     return model_dir
 
 
