@@ -1,35 +1,44 @@
-"""The small protocol every unified-model family implements.
+"""The protocol every unified-model family implements: everything that differs between families.
 
 A *unified* model both understands images (image + text -> text) and generates
-them (text -> discrete image codes).  unigap never talks to a model family
-directly: the host bridge, the trainers, self-play and the data builders go
-through an adapter.  Adding a model family = adding one module to
-``unigap.models`` that defines an adapter class and lists it in
-``unigap.models.ADAPTERS``.
+them (text -> a grid of discrete image codes).  Nothing in unigap outside a
+family's own folder (``unigap/models/<family>/``) knows how a family loads,
+formats a chat, lays images out in a token sequence, samples, computes its
+losses or judges: self-play, the builders, the host bridge and the trainers
+all go through :class:`UnifiedAdapter`.  Adding a family = adding one folder
+under ``unigap/models`` whose package defines a concrete subclass; the
+registry in ``unigap.models`` finds it (see ``ARCHITECTURE.md``).
 
-Token-stream convention shared by every family
----------------------------------------------
-A generated image inside a training sequence is written as::
+What a family implements (abstract below, each documented where declared):
 
-    <begin_of_image>  (gen_offset + c_0) ... (gen_offset + c_{N-1})  <end_of_image>
-
-where ``c_i`` are the image's discrete codes.  Ids at or above
-``ModelSpec.gen_offset`` are therefore image codes (``code = id - gen_offset``)
-and can never be mistaken for text: ``gen_offset`` is at least the text
-vocabulary size, so such an id fed to a text embedding fails loudly.  The
-codes travel inside the tokenized dataset itself (input ids and labels), which
-keeps them exact through the host's shuffling, padding, DDP sharding and
-caching without any side channel.
+* checkpoint: :meth:`matches`, :meth:`load`, :meth:`read_spec`, :meth:`freeze_patterns`;
+* chat format: :meth:`chat_format` (the host builds its template from it);
+* token layout: :meth:`gen_image_ids`, :meth:`und_image_text`, :meth:`image_runs`
+  (and, derived here, :meth:`gen_codes_in`, :meth:`expected_run_length`);
+* generation parameters: :attr:`sampling` (a :class:`SamplingParams` dataclass);
+* the two branches: :meth:`generate`, :meth:`judge`, :meth:`encode_images`, :meth:`decode_codes`, :meth:`pixels`;
+* training: :meth:`sft_loss` (the SFT loss terms) and :meth:`sequence_logps`
+  (DPO's per-sequence log-probabilities, exact or an estimator), :attr:`batch_keys`;
+* probes: :meth:`generation_loss` / :meth:`understanding_loss` / :meth:`backbone_parameters`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+
+from ..errors import UnigapError
+from ..suggest import did_you_mean
 
 if TYPE_CHECKING:
     import torch
     from PIL.Image import Image
+
+
+class FamilyError(UnigapError):
+    """A checkpoint, batch or parameter that does not fit a model family."""
 
 
 @dataclass(frozen=True)
@@ -55,53 +64,111 @@ class ModelSpec:
     bos_token_id: int | None
     #: ids >= gen_offset are image codes
     gen_offset: int
+    #: (rows, columns) of a generated image's code grid; rows * columns == num_image_tokens
+    code_shape: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        if self.code_shape == (0, 0):
+            side = int(round(self.num_image_tokens**0.5))
+            if side * side == self.num_image_tokens:
+                object.__setattr__(self, "code_shape", (side, side))
+            else:
+                object.__setattr__(self, "code_shape", (1, self.num_image_tokens))
+        if self.code_shape[0] * self.code_shape[1] != self.num_image_tokens:
+            raise FamilyError(f"code_shape {self.code_shape} does not hold {self.num_image_tokens} codes")
 
 
-class UnifiedAdapter(Protocol):
-    """What unigap needs from one model family (one instance wraps one loaded model)."""
+@dataclass(frozen=True)
+class ChatFormat:
+    """A family's chat layout, host-neutral; a host builds its template from it.
 
-    family: ClassVar[str]
+    ``{content}`` marks where a message goes.  A row that answers in text gets
+    ``understanding_system`` as its system prompt when it has none, and its
+    answer starts with ``text_answer_prefix``; an image answer follows the
+    assistant header directly.
+    """
+
+    user: str
+    assistant: str = "{content}"
+    system: str = "{content}\n\n"
+    #: the sequence starts with the tokenizer's BOS token
+    bos_prefix: bool = True
+    #: the sequence's answer ends with the tokenizer's EOS token
+    eos_suffix: bool = True
+    understanding_system: str = ""
+    text_answer_prefix: str = ""
+    #: the placeholder token one understanding image stands for in a row's text before expansion
+    image_placeholder: str = "<image>"
+
+
+@dataclass
+class SamplingParams:
+    """Base of a family's generation parameters (a dataclass of named, defaulted fields).
+
+    Self-play, replay, the host's ``replay_*`` YAML keys and ``unigap generate``
+    take their keys from the families' dataclasses; none of them names a key.
+    A field's metadata may hold ``help`` and ``selfplay=False`` (not a self-play
+    / replay setting, e.g. greedy decoding, under which N candidates would be one).
+    """
 
     @classmethod
-    def matches(cls, config: Any) -> bool:
-        """Whether this adapter handles a checkpoint with this (transformers) config."""
+    def keys(cls, selfplay_only: bool = False) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if not (selfplay_only and not f.metadata.get("selfplay", True))]
 
     @classmethod
-    def read_spec(cls, config: Any, tokenizer: Any, generation_config: Any | None = None) -> ModelSpec:
-        """Token ids, sizes and offsets, read from the checkpoint (never hard-coded)."""
+    def field_help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
     @classmethod
-    def freeze_patterns(cls) -> dict[str, list[str]]:
-        """Module-name groups for the host's freeze flags: ``vision``, ``projector``,
-        ``language``, and ``always_frozen`` (e.g. the VQ tokenizer)."""
+    def defaults(cls, selfplay_only: bool = False) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(cls()).items() if k in cls.keys(selfplay_only)}
 
-    # -- image <-> codes -------------------------------------------------------------
-    def encode_images(self, images: Sequence["Image"]) -> "torch.Tensor":
-        """PIL images -> (B, num_image_tokens) long codes with the model's own tokenizer."""
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], where: str = "", prefix: str = "") -> "SamplingParams":
+        """Parse, type-check and validate ``values`` (unknown keys are an error naming them)."""
+        known = cls.keys()
+        for key in values:
+            if key not in known:
+                raise FamilyError(f"{where}unknown generation key '{prefix}{key}'{did_you_mean(key, known)} "
+                                  f"(this family's keys: {', '.join(prefix + k for k in known)})")
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        parsed = {}
+        for key, value in values.items():
+            parsed[key] = _coerce(value, str(types[key]), f"{where}{prefix}{key}")
+        params = cls(**parsed)
+        params.validate(prefix)
+        return params
 
-    def decode_codes(self, codes: "torch.Tensor") -> list["Image"]:
-        """(B, num_image_tokens) codes -> PIL images."""
+    def validate(self, prefix: str = "") -> None:
+        """Range checks (a family overrides); raise :class:`FamilyError` naming ``prefix + key``."""
 
-    # -- the two branches -------------------------------------------------------------
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        seeds: Sequence[int],
-        cfg_scale: float = 5.0,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        greedy: bool = False,
-    ) -> "torch.Tensor":
-        """One image per prompt, each drawn with its own seed -> (B, num_image_tokens)."""
+    def as_dict(self, selfplay_only: bool = False) -> dict[str, Any]:
+        keep = self.keys(selfplay_only)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k in keep}
 
-    def judge(self, images: Sequence["Image"], questions: Sequence[str]) -> "torch.Tensor":
-        """P(yes) for each (image, question) pair from one forward pass."""
 
-    # -- training ---------------------------------------------------------------------
-    def target_nll(self, model: Any, batch: dict[str, Any], **kwargs: Any) -> "TargetNLL":
-        """Per-target negative log-likelihood of a tokenized batch (text and image codes)."""
+def _coerce(value: Any, annotation: str, name: str) -> Any:
+    optional = "None" in annotation
+    if value is None:
+        if optional:
+            return None
+        raise FamilyError(f"{name} must be set, got None")
+    if annotation.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        raise FamilyError(f"{name} must be true or false, got {value!r}")
+    if annotation.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FamilyError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if annotation.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise FamilyError(f"{name} must be an integer, got {value!r}")
+        return int(value)
+    if annotation.startswith("str"):
+        if not isinstance(value, str):
+            raise FamilyError(f"{name} must be a string, got {value!r}")
+    return value
 
 
 @dataclass
@@ -115,3 +182,171 @@ class TargetNLL:
     nll: "torch.Tensor"
     text_mask: "torch.Tensor"
     gen_mask: "torch.Tensor"
+
+
+def weighted_sft_loss(tnll: TargetNLL, gen_weight: float = 1.0) -> dict[str, "torch.Tensor"]:
+    """Mean NLL over all targets, image codes weighted by ``gen_weight``; plus per-head stats."""
+    text_sum = (tnll.nll * tnll.text_mask).sum()
+    gen_sum = (tnll.nll * tnll.gen_mask).sum()
+    n_text = tnll.text_mask.sum()
+    n_gen = tnll.gen_mask.sum()
+    total = (n_text + n_gen).clamp(min=1)
+    # the sums stay connected to the graph even when a batch has no target (DDP needs that)
+    loss = (text_sum + gen_weight * gen_sum) / total
+    return {
+        "loss": loss,
+        "text_nll_sum": text_sum.detach(),
+        "gen_nll_sum": gen_sum.detach(),
+        "n_text": n_text.detach(),
+        "n_gen": n_gen.detach(),
+    }
+
+
+def summed_logps(tnll: TargetNLL, average: bool) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Per-sequence sum (or mean) of target log-probs, and the number of targets (exact, autoregressive)."""
+    mask = tnll.text_mask | tnll.gen_mask
+    length = mask.sum(-1)
+    logps = -(tnll.nll * mask).sum(-1)
+    if average:
+        logps = logps / length.clamp(min=1)
+    return logps, length
+
+
+class UnifiedAdapter(ABC):
+    """One model family; an instance wraps one loaded model and its tokenizer."""
+
+    #: the family's name (also the model type the host's freeze flags are registered for)
+    family: ClassVar[str]
+    #: the host template name rows of this family are trained with (the YAML's ``template:``)
+    template: ClassVar[str]
+    #: the family's generation parameters (defaults = the family's recommended settings)
+    sampling: ClassVar[type[SamplingParams]]
+    #: batch columns the training forward reads (what the host's collator must pass through)
+    batch_keys: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids")
+
+    model: Any
+    tokenizer: Any
+    spec: ModelSpec
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+
+    # ------------------------------------------------------------------ checkpoint
+    @classmethod
+    @abstractmethod
+    def matches(cls, config: Any) -> bool:
+        """Whether this family handles a checkpoint with this config (transformers config or config.json dict)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: str, *, dtype: Any, adapter_path: str | None = None) -> "UnifiedAdapter":
+        """Load the checkpoint at ``path`` (a local folder or hub id) on CPU in ``dtype``; a LoRA adapter
+        from ``llamafactory-cli train`` at ``adapter_path`` is merged in memory."""
+
+    @classmethod
+    @abstractmethod
+    def load_config(cls, path: str) -> Any:
+        """The checkpoint's config (for :meth:`read_spec`) without loading weights."""
+
+    @classmethod
+    @abstractmethod
+    def read_spec(cls, config: Any, tokenizer: Any, generation_config: Any | None = None) -> ModelSpec:
+        """Token ids, sizes and offsets, read from the checkpoint (never hard-coded)."""
+
+    @classmethod
+    @abstractmethod
+    def freeze_patterns(cls) -> dict[str, list[str]]:
+        """Module-name substrings per group for the host's freeze flags: ``vision``, ``projector``,
+        ``language``, and ``always_frozen`` (the image tokenizer)."""
+
+    # ------------------------------------------------------------------ chat format
+    @classmethod
+    @abstractmethod
+    def chat_format(cls) -> ChatFormat:
+        """The chat layout the host's template for this family is built from."""
+
+    # ------------------------------------------------------------------ token layout
+    @classmethod
+    @abstractmethod
+    def gen_image_ids(cls, spec: ModelSpec, codes: Sequence[int]) -> list[int]:
+        """The token ids a generated image with these codes occupies in a training sequence."""
+
+    @classmethod
+    @abstractmethod
+    def und_image_text(cls, spec: ModelSpec) -> str:
+        """What one image to understand becomes in a row's text (its placeholders for vision features)."""
+
+    @classmethod
+    @abstractmethod
+    def image_runs(cls, spec: ModelSpec, ids: Sequence[int]) -> list[tuple[str, int, int]]:
+        """(kind, start, length) of each understanding (``"und"``) / generated (``"gen"``) image's run of ids."""
+
+    @classmethod
+    def expected_run_length(cls, spec: ModelSpec, kind: str) -> int:
+        """How many ids a whole run of ``kind`` (see :meth:`image_runs`) has."""
+        return spec.num_image_tokens if kind == "gen" else spec.und_image_tokens
+
+    @classmethod
+    @abstractmethod
+    def gen_codes_in(cls, spec: ModelSpec, ids: Sequence[int]) -> Any:
+        """The image codes written in a token sequence (1-D numpy array, every generated image in order)."""
+
+    # ------------------------------------------------------------------ generation parameters
+    @classmethod
+    def sampling_params(cls, params: Any = None, **values: Any) -> SamplingParams:
+        """A checked :attr:`sampling` from a params object, a mapping and/or keywords."""
+        if isinstance(params, cls.sampling) and not values:
+            return params
+        merged = dict(params.as_dict() if isinstance(params, SamplingParams) else (params or {}))
+        merged.update(values)
+        return cls.sampling.from_values(merged)
+
+    # ------------------------------------------------------------------ the two branches
+    @abstractmethod
+    def pixels(self, images: Sequence["Image"], size: int | None = None, fit: str = "crop") -> "torch.Tensor":
+        """PIL images -> normalised (B, 3, size, size) pixels in the model's dtype."""
+
+    @abstractmethod
+    def encode_images(self, images: Sequence["Image"], fit: str = "crop") -> "torch.Tensor":
+        """PIL images -> (B, num_image_tokens) long codes with the model's own (frozen) image tokenizer."""
+
+    @abstractmethod
+    def decode_codes(self, codes: "torch.Tensor") -> list["Image"]:
+        """(B, num_image_tokens) codes -> PIL images."""
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[str], *, seeds: Sequence[int], params: Any = None,
+                 **values: Any) -> "torch.Tensor":
+        """One image per prompt, each drawn from its own seed (batch-invariant) -> (B, num_image_tokens).
+        Parameters: a :attr:`sampling` object or its keys as keywords."""
+
+    @abstractmethod
+    def judge(self, images: Sequence["Image"], questions: Sequence[str]) -> "torch.Tensor":
+        """P(yes) for each (image, question) pair from one forward pass."""
+
+    # ------------------------------------------------------------------ training
+    @abstractmethod
+    def sft_loss(self, model: Any, batch: dict[str, Any], *, prompt_dropout: float = 0.0,
+                 gen_weight: float = 1.0, step: int = 0) -> dict[str, "torch.Tensor"]:
+        """The SFT loss of a tokenized batch: ``loss`` plus detached per-head stats ``text_nll_sum``,
+        ``gen_nll_sum``, ``n_text``, ``n_gen`` (the trainer logs ``text_loss`` / ``gen_loss``)."""
+
+    @abstractmethod
+    def sequence_logps(self, model: Any, batch: dict[str, Any], *, average: bool = False,
+                       step: int = 0) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Per-sequence log-probability of each row's targets (sum, or mean when ``average``) and the
+        number of targets.  A family whose likelihood is estimated (masked diffusion) must draw its
+        randomness from the row's content and ``step`` only, so that chosen / rejected and policy /
+        reference share it and a precomputed reference equals the live one."""
+
+    # ------------------------------------------------------------------ probes (evidence, benchmarks)
+    @abstractmethod
+    def backbone_parameters(self) -> list[Any]:
+        """The parameters both branches share (the language model)."""
+
+    @abstractmethod
+    def generation_loss(self, prompt: str, codes: Sequence[int]) -> "torch.Tensor":
+        """Differentiable mean NLL of an image's codes given its prompt (no dropout)."""
+
+    @abstractmethod
+    def understanding_loss(self, image: "Image", question: str, answer: str) -> "torch.Tensor":
+        """Differentiable NLL of the first token of ``answer`` to ``question`` about ``image``."""

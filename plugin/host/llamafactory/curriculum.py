@@ -1,10 +1,11 @@
-"""The curriculum sampler and C-SFT replay inside a (transformers) Trainer run.
+"""The curriculum sampler and C-SFT replay inside the host's Trainer run (the curriculum callback).
 
-The bridge builds one :class:`TrainingCurriculum` per trainer when the YAML
-asks for ``curriculum_difficulty`` or ``replay_epochs``; this module only
-speaks to the Trainer's public surface (sampler, callbacks, ``log``), and gets
-everything host-specific (the host's data arguments and a function that
-tokenizes rows exactly like the host does) from the bridge.
+Each unigap trainer builds one :class:`TrainingCurriculum` (:func:`make_curriculum`)
+when the YAML asks for ``curriculum_difficulty`` or ``replay_epochs``.  It reads
+the rows' metadata from the host's data files (``dataset_info.json``), orders
+them with the host-neutral sampler of :mod:`unigap.curriculum`, and runs
+:mod:`unigap.replay` with the current model at the epochs asked for; replayed
+rows are tokenized by the run's own processor (``data_capture.py``).
 
 Step count and learning-rate schedule: an epoch is always as many samples as
 the original training set, so the host's planned number of steps and its
@@ -25,21 +26,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .curriculum import (
+from ...curriculum import (
     Alignment,
     CurriculumConfig,
     CurriculumError,
     CurriculumSampler,
-    RowMeta,
     align,
-    data_files,
     difficulty_of,
-    meta_from_pool,
     parse_levels,
-    read_metadata,
 )
-from .fsutil import write_text_atomic
-from .replay import (
+from ...fsutil import write_text_atomic
+from ...replay import (
     REPLAY_DIR,
     ReplayError,
     ReplayState,
@@ -50,6 +47,8 @@ from .replay import (
     write_epoch_files,
     write_images,
 )
+from ...rowmeta import META_KEY, RowMeta, meta_from_pool
+from .datasets import data_files, read_metadata, render_rows
 
 CURRICULUM_FILE = "unigap_curriculum.json"
 RECORD_ENV = "UNIGAP_RECORD_ORDER"
@@ -130,13 +129,10 @@ class TrainingCurriculum:
         self.state = ReplayState()
         self._last_stage = -1
         if fa.replay_epochs:
-            yaml_values = {
-                key: getattr(fa, f"replay_{key}")
-                for key in ("num_candidates", "judge_threshold", "judge_question", "cfg_scale", "temperature",
-                            "top_k", "top_p", "seed")
-            }
-            self.replay = resolve_settings(yaml_values, fa.replay_epochs, fa.replay_pool, data.dataset_dir,
-                                           fa.replay_batch_size)
+            from .args import replay_yaml_values
+
+            self.replay = resolve_settings(replay_yaml_values(fa), fa.replay_epochs, fa.replay_pool, data.dataset_dir,
+                                           fa.replay_batch_size, adapter.sampling)
             if data.tokenize is None:
                 raise ReplayError("replay needs the host's dataset processor, which this run did not create")
             self._check_parallelism(trainer)
@@ -171,13 +167,12 @@ class TrainingCurriculum:
 
     # ------------------------------------------------------------------ metadata and the sampler
     def _gen_codes_check(self) -> Callable[[Sequence[int], str], str | None]:
-        from .codes import GenImageError, load_gen_target
+        from ...codes import GenImageError, load_gen_target
 
-        spec = self.adapter.spec
+        spec, family = self.adapter.spec, type(self.adapter)
 
         def check(ids: Sequence[int], path: str) -> str | None:
-            ids = np.asarray(ids)
-            gen = ids[ids >= spec.gen_offset] - spec.gen_offset
+            gen = np.asarray(family.gen_codes_in(spec, ids))
             if gen.size == 0:
                 return None  # an understanding row: the image path is its identity
             try:
@@ -333,12 +328,13 @@ class TrainingCurriculum:
             write_images(folder, drawn, self.adapter.decode_codes)
         if distributed:
             dist.barrier()
-        rows, recovered, counts = build_rows(folder, self.pool_entries, drawn, settings, self.ranking)
+        samples, recovered, counts = build_rows(folder, self.pool_entries, drawn, settings, self.ranking)
+        rows = render_rows(samples)
         tokens = self.data.tokenize(rows, self.ranking) if rows else []
         if len(tokens) != len(rows):
             raise ReplayError(f"the host's processor kept {len(tokens)} of {len(rows)} replayed rows "
                               f"(see {folder}/data.jsonl); check cutoff_len")
-        added = [{"epoch": epoch, "prompt_id": r["unigap"]["prompt_id"], "row": r, "tokens": t}
+        added = [{"epoch": epoch, "prompt_id": r[META_KEY]["prompt_id"], "row": r, "tokens": t}
                  for r, t in zip(rows, tokens)]
         gone = set(recovered)
         remaining = [pid for pid in self.state.pool if pid not in gone]
@@ -348,8 +344,8 @@ class TrainingCurriculum:
         self._add(added)
         summary = None
         if trainer.is_world_process_zero():
-            summary = write_epoch_files(folder, epoch, self.pool_entries, drawn, rows, remaining, counts, settings,
-                                        self.ranking)
+            write_replay_dataset(folder, epoch, rows, self.ranking)
+            summary = write_epoch_files(folder, epoch, self.pool_entries, drawn, remaining, counts, settings)
         self.log(f"unigap replay (epoch {epoch}): tried {len(positions)} prompts, recovered {len(recovered)}, "
                  f"added {len(rows)} rows, {len(remaining)} left in the pool; images and rows in {folder}")
         trainer.log({
@@ -395,3 +391,60 @@ class TrainingCurriculum:
             summary["replay"] = {"settings": self.replay.public(), "done": self.state.done,
                                  "rows_added": len(self.state.added), "pool_left": len(self.state.pool)}
         write_text_atomic(out / CURRICULUM_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+
+
+# ----------------------------------------------------------------------------- set-up from the trainers
+def unified_setup(trainer, extra_models=()) -> Any:
+    """The family's adapter for the trainer's model (None for other models), its loss forward installed."""
+    from ...training import adapter_for_model, install_forward
+
+    adapter = adapter_for_model(trainer.model, trainer.processing_class)
+    if adapter is None:
+        return None
+    install_forward(trainer.model, adapter)
+    for other in extra_models:
+        if other is not None:
+            install_forward(other, adapter_for_model(other, trainer.processing_class))
+    return adapter
+
+
+def make_curriculum(trainer, ranking: bool) -> TrainingCurriculum | None:
+    """The curriculum sampler / replay for this trainer, or None when the YAML asks for neither."""
+    from .common import TRAIN_DATA, logger
+    from .data_capture import tokenize_rows
+
+    fa = trainer.finetuning_args
+    if not wanted(fa):
+        return None
+    if trainer._unigap is None:
+        raise CurriculumError("curriculum_difficulty / replay_epochs are unigap options for unified models "
+                              "(a unigap template: the model family's own)")
+    data = None
+    if TRAIN_DATA:
+        da = TRAIN_DATA["data_args"]
+        data = DataContext(
+            dataset_names=list(da.dataset or []),
+            dataset_dir=da.dataset_dir,
+            media_dir=da.media_dir or da.dataset_dir,
+            packing=bool(da.packing),
+            streaming=bool(da.streaming),
+            tokenize=tokenize_rows,
+        )
+    return TrainingCurriculum(trainer, fa, data, trainer._unigap, ranking, logger().info_rank0)
+
+
+def checkpoint_path(args, resume_from_checkpoint) -> str | None:
+    if isinstance(resume_from_checkpoint, bool):
+        if not resume_from_checkpoint:
+            return None
+        from transformers.trainer_utils import get_last_checkpoint
+
+        return get_last_checkpoint(args.output_dir)
+    return resume_from_checkpoint
+
+
+def write_replay_dataset(folder: Path, epoch: int, rows: Sequence[dict[str, Any]], ranking: bool) -> None:
+    """The rows one replay added, as a dataset folder (``data.jsonl`` + ``dataset_info.json``)."""
+    from .datasets import write_dataset_folder
+
+    write_dataset_folder(folder, f"replay_epoch_{epoch}", "data.jsonl", rows, ranking=ranking)

@@ -11,12 +11,22 @@ the same code serves transformers 4.5x and 5.x.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .base import ModelSpec, TargetNLL
+from ..base import (
+    ChatFormat,
+    FamilyError,
+    ModelSpec,
+    SamplingParams,
+    TargetNLL,
+    UnifiedAdapter,
+    summed_logps,
+    weighted_sft_loss,
+)
 
 IGNORE_INDEX = -100
 
@@ -36,10 +46,31 @@ def _pil():
     return Image
 
 
-class JanusAdapter:
+@dataclass
+class JanusSampling(SamplingParams):
+    """Janus-Pro's autoregressive sampler: classifier-free guidance, temperature, top-k / top-p."""
+
+    cfg_scale: float = field(default=5.0, metadata={"help": "classifier-free guidance scale (1 = none)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (> 0)"})
+    top_k: int | None = field(default=None, metadata={"help": "keep the k most likely codes"})
+    top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass in (0, 1]"})
+    greedy: bool = field(default=False, metadata={"help": "argmax decoding instead of sampling", "selfplay": False})
+
+    def validate(self, prefix: str = "") -> None:
+        if self.temperature <= 0:
+            raise FamilyError(f"{prefix}temperature must be > 0, got {self.temperature}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise FamilyError(f"{prefix}top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise FamilyError(f"{prefix}top_k must be an integer >= 1, got {self.top_k!r}")
+
+
+class JanusAdapter(UnifiedAdapter):
     """Adapter for ``JanusForConditionalGeneration`` (see :class:`unigap.models.base.UnifiedAdapter`)."""
 
     family: ClassVar[str] = "janus"
+    template: ClassVar[str] = "janus"
+    sampling: ClassVar[type[SamplingParams]] = JanusSampling
 
     def __init__(self, model: Any, tokenizer: Any, spec: ModelSpec | None = None, image_mean=None, image_std=None):
         self.model = model
@@ -51,7 +82,31 @@ class JanusAdapter:
     # ------------------------------------------------------------------ checkpoint facts
     @classmethod
     def matches(cls, config: Any) -> bool:
-        return getattr(config, "model_type", None) == "janus"
+        model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+        return model_type == "janus"
+
+    @classmethod
+    def load_config(cls, path: str) -> Any:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(path)
+
+    @classmethod
+    def load(cls, path: str, *, dtype: Any, adapter_path: str | None = None) -> "JanusAdapter":
+        from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+        from ...lora import merge_lora
+
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if adapter_path:
+            model = merge_lora(model, adapter_path)
+        try:
+            image_processor = AutoProcessor.from_pretrained(path).image_processor
+            mean, std = getattr(image_processor, "image_mean", None), getattr(image_processor, "image_std", None)
+        except (OSError, ValueError):
+            mean = std = None
+        return cls(model, tokenizer, image_mean=mean, image_std=std)
 
     @classmethod
     def read_spec(cls, config: Any, tokenizer: Any, generation_config: Any | None = None) -> ModelSpec:
@@ -66,16 +121,16 @@ class JanusAdapter:
         for key, token in tokens.items():
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id is None or token_id == tokenizer.unk_token_id:
-                raise ValueError(f"the tokenizer of this Janus checkpoint has no {key} {token!r}")
+                raise FamilyError(f"the tokenizer of this Janus checkpoint has no {key} {token!r}")
             ids[key + "_id"] = token_id
         if ids["image_token_id"] != config.image_token_id:
-            raise ValueError(
+            raise FamilyError(
                 f"config.image_token_id={config.image_token_id} but the tokenizer maps {tokens['image_token']!r} "
                 f"to {ids['image_token_id']}"
             )
         gen_kwargs = getattr(generation_config, "generation_kwargs", None) or {}
         if gen_kwargs.get("boi_token_id") not in (None, ids["boi_token_id"]):
-            raise ValueError("generation_config.generation_kwargs.boi_token_id disagrees with the tokenizer")
+            raise FamilyError("generation_config.generation_kwargs.boi_token_id disagrees with the tokenizer")
         pad = next(
             (
                 v
@@ -89,7 +144,7 @@ class JanusAdapter:
             None,
         )
         if pad is None:
-            raise ValueError("this Janus checkpoint defines no pad token id (needed for classifier-free guidance)")
+            raise FamilyError("this Janus checkpoint defines no pad token id (needed for classifier-free guidance)")
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(text, "bos_token_id", None)
         return ModelSpec(
             model_type="janus",
@@ -121,6 +176,16 @@ class JanusAdapter:
         }
 
     # ------------------------------------------------------------------ chat format
+    @classmethod
+    def chat_format(cls) -> ChatFormat:
+        # Janus writes "<|Assistant|>: answer" but "<|Assistant|>:<begin_of_image>..."
+        return ChatFormat(
+            user=USER_FORMAT,
+            understanding_system=DEFAULT_SYSTEM,
+            text_answer_prefix=" ",
+            image_placeholder="<image_placeholder>",
+        )
+
     @staticmethod
     def format_user(content: str) -> str:
         return USER_FORMAT.format(content=content)
@@ -131,10 +196,41 @@ class JanusAdapter:
         head = [] if self.spec.bos_token_id is None else [self.spec.bos_token_id]
         return head + ids + [self.spec.boi_token_id]
 
-    @staticmethod
-    def und_image_text(spec: ModelSpec) -> str:
+    @classmethod
+    def und_image_text(cls, spec: ModelSpec) -> str:
         """What one image to understand becomes in the text (its placeholders for vision features)."""
         return spec.boi_token + spec.image_token * spec.und_image_tokens + spec.eoi_token
+
+    # ------------------------------------------------------------------ token layout
+    # A generated image inside a training sequence is written as
+    #     <begin_of_image> (gen_offset + c_0) ... (gen_offset + c_{N-1}) <end_of_image>
+    # Ids at or above gen_offset are image codes and can never be mistaken for text
+    # (gen_offset is at least the text vocabulary size, so such an id fed to the text
+    # embedding fails loudly).  The codes travel inside the tokenized dataset itself,
+    # exact through the host's shuffling, padding, sharding and caching.
+    @classmethod
+    def gen_image_ids(cls, spec: ModelSpec, codes: Sequence[int]) -> list[int]:
+        return [spec.boi_token_id] + [spec.gen_offset + int(c) for c in codes] + [spec.eoi_token_id]
+
+    @classmethod
+    def image_runs(cls, spec: ModelSpec, ids: Sequence[int]) -> list[tuple[str, int, int]]:
+        import numpy as np
+
+        ids = np.asarray(ids)
+        kind = np.where(ids >= spec.gen_offset, 2, np.where(ids == spec.image_token_id, 1, 0))
+        edges = np.flatnonzero(np.diff(kind, prepend=0, append=0))  # where the kind changes
+        return [
+            ("gen" if kind[start] == 2 else "und", int(start), int(end - start))
+            for start, end in zip(edges[:-1], edges[1:])
+            if kind[start]
+        ]
+
+    @classmethod
+    def gen_codes_in(cls, spec: ModelSpec, ids: Sequence[int]) -> Any:
+        import numpy as np
+
+        ids = np.asarray(ids)
+        return ids[ids >= spec.gen_offset] - spec.gen_offset
 
     def und_prompt_ids(self, question: str, system: str = DEFAULT_SYSTEM) -> list[int]:
         """Token ids of an understanding prompt about one image, up to the answer."""
@@ -169,7 +265,7 @@ class JanusAdapter:
         Image = _pil()
         size = size or self.spec.image_size
         if fit not in ("crop", "pad"):
-            raise ValueError(f"fit must be 'crop' or 'pad', got {fit!r}")
+            raise FamilyError(f"fit must be 'crop' or 'pad', got {fit!r}")
         arrays = []
         for img in images:
             img = img.convert("RGB") if img.mode != "RGB" else img
@@ -215,17 +311,7 @@ class JanusAdapter:
 
     # ------------------------------------------------------------------ generation branch
     @torch.no_grad()
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        seeds: Sequence[int],
-        cfg_scale: float = 5.0,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        greedy: bool = False,
-    ) -> torch.Tensor:
+    def generate(self, prompts: Sequence[str], *, seeds: Sequence[int], params: Any = None, **values: Any) -> torch.Tensor:
         """Draw one image per prompt with classifier-free guidance and a KV cache.
 
         Each row samples from its own ``torch.Generator`` seeded with ``seeds[i]``
@@ -236,7 +322,9 @@ class JanusAdapter:
         prefill; its KV cache is then expanded to the batch.
         """
         if len(seeds) != len(prompts):
-            raise ValueError("one seed per prompt is required")
+            raise FamilyError("one seed per prompt is required")
+        sp = self.sampling_params(params, **values)
+        cfg_scale, temperature, top_k, top_p, greedy = sp.cfg_scale, sp.temperature, sp.top_k, sp.top_p, sp.greedy
         model, spec, device = self._base(), self.spec, self.device
         batch, steps = len(prompts), spec.num_image_tokens
         tokenized = {p: tuple(self.gen_prompt_ids(p)) for p in dict.fromkeys(prompts)}
@@ -316,10 +404,10 @@ class JanusAdapter:
         for word in words:
             ids = self.tokenizer.encode(" " + word, add_special_tokens=False)
             if not ids:
-                raise ValueError(f"the tokenizer encodes {word!r} to nothing")
+                raise FamilyError(f"the tokenizer encodes {word!r} to nothing")
             out.append(ids[0])
         if len(set(out)) != len(out):
-            raise ValueError(f"the answers {list(words)} share their first token; pick other answer words")
+            raise FamilyError(f"the answers {list(words)} share their first token; pick other answer words")
         return out
 
     @torch.no_grad()
@@ -331,7 +419,7 @@ class JanusAdapter:
         run once and its KV cache shared by the batch.
         """
         if len(images) != len(questions):
-            raise ValueError("one question per image is required")
+            raise FamilyError("one question per image is required")
         model, spec, device = self._base(), self.spec, self.device
         tokenized = {q: self.und_prompt_ids(q) for q in dict.fromkeys(questions)}
         ids = [tokenized[q] for q in questions]
@@ -374,7 +462,7 @@ class JanusAdapter:
             feats = getattr(feats, "pooler_output", feats)  # 5.x output object / 4.5x tensor
             feats = feats.reshape(-1, embeds.shape[-1])
             if feats.shape[0] != int(placeholders.sum()):
-                raise ValueError(
+                raise FamilyError(
                     f"{int(placeholders.sum())} image placeholder tokens but {feats.shape[0]} image features "
                     "(an understanding image was cut by cutoff_len?)"
                 )
@@ -444,6 +532,40 @@ class JanusAdapter:
         if _distributed():
             nll = nll + self._unused_branches(model, hidden, batch.get("pixel_values"), gen_in, text_t, gen_t)
         return TargetNLL(nll=nll, text_mask=text_t, gen_mask=gen_t)
+
+    def sft_loss(self, model: Any, batch: dict[str, Any], *, prompt_dropout: float = 0.0,
+                 gen_weight: float = 1.0, step: int = 0) -> dict[str, torch.Tensor]:
+        """Exact autoregressive NLL: text through ``lm_head``, codes through ``generation_head``."""
+        return weighted_sft_loss(self.target_nll(model, batch, prompt_dropout=prompt_dropout), gen_weight)
+
+    def sequence_logps(self, model: Any, batch: dict[str, Any], *, average: bool = False,
+                       step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact sums of the targets' log-probs (no randomness: ``step`` is not needed)."""
+        return summed_logps(self.target_nll(model, batch), average)
+
+    # ------------------------------------------------------------------ probes
+    def backbone_parameters(self) -> list[Any]:
+        return list(self._base().model.language_model.parameters())
+
+    def generation_loss(self, prompt: str, codes: Sequence[int]) -> torch.Tensor:
+        spec, model = self.spec, self._base()
+        head = self.gen_prompt_ids(prompt)
+        ids = head + [spec.gen_offset + int(c) for c in codes] + [spec.eoi_token_id, self.tokenizer.eos_token_id]
+        labels = [IGNORE_INDEX] * (len(head) - 1) + ids[len(head) - 1 :]
+        out = self.target_nll(model, {"input_ids": torch.tensor([ids], device=self.device),
+                                      "labels": torch.tensor([labels], device=self.device)})
+        return (out.nll * out.gen_mask).sum() / out.gen_mask.sum()
+
+    def understanding_loss(self, image: Any, question: str, answer: str) -> torch.Tensor:
+        model = self._base()
+        word = self.answer_token_ids((answer,))[0]
+        ids = self.und_prompt_ids(question) + [word]
+        labels = [IGNORE_INDEX] * (len(ids) - 1) + [word]
+        side = model.config.vision_config.image_size
+        batch = {"input_ids": torch.tensor([ids], device=self.device), "labels": torch.tensor([labels], device=self.device),
+                 "pixel_values": self.pixels([image], size=side, fit="pad")}
+        out = self.target_nll(model, batch)
+        return (out.nll * out.text_mask).sum() / out.text_mask.sum()
 
     def _unused_branches(self, model, hidden, pixel_values, gen_in, text_t, gen_t) -> torch.Tensor:
         """A zero that depends on every branch this batch did not use.
