@@ -121,7 +121,8 @@ def bench_sampler() -> None:
 
 
 def bench_alignment() -> None:
-    from unigap.curriculum import align, read_metadata
+    from unigap.curriculum import align
+    from unigap.host.llamafactory.datasets import read_metadata
 
     print("\n3. set-up: read metadata + match training rows by image (once per run)")
     print("| rows | read | match | total |")

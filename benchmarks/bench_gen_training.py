@@ -31,7 +31,7 @@ import torch
 
 from unigap.models.janus import JanusAdapter
 from unigap.tiny import TinySpec, build_tiny_janus
-from unigap.training import sft_loss
+from unigap.models.base import weighted_sft_loss as sft_loss
 
 
 def _model(spec: TinySpec, root: Path, text_vocab: int | None = None):

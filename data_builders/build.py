@@ -1,9 +1,13 @@
-"""``unigap build sft|dpo``: self-play runs -> LLaMA-Factory datasets.
+"""``unigap build sft|dpo``: self-play runs -> datasets in the host's format.
 
+The builders produce host-neutral samples (:mod:`unigap.samples`); the host's
+:class:`~unigap.samples.DatasetFormat` (given by the command line, e.g.
+LLaMA-Factory's sharegpt rows) renders them and keeps the dataset index.
 Layout written (``DATASET_DIR`` is ``--out``)::
 
     DATASET_DIR/
-      dataset_info.json        merged: NAME (and NAME_und) added / replaced, nothing else touched
+      <index file>             the host's dataset index, merged: NAME (and NAME_und) added / replaced,
+                               nothing else touched
       NAME/
         data.jsonl             generation SFT rows, or DPO rows (``ranking: true``)
         und.jsonl              sft --with-und: understanding rows (entry NAME_und)
@@ -28,8 +32,8 @@ or ``p_yes >= --threshold`` when given):
 Ties in P(yes) are broken by candidate number (lower first), so builds are
 deterministic.
 
-Every row also carries a ``unigap`` object (ignored by the host, which keeps only
-the columns named in ``dataset_info.json``): the prompt id and text, the row's
+Every row also carries a ``unigap`` object (:mod:`unigap.rowmeta`; ignored by the
+host, which keeps only the columns its index names): the prompt id and text, the row's
 own image path (its identity), difficulty, category, and the prompt's
 self-score in the run (acceptance rate, mean P(yes)) plus the row's P(yes).
 unigap's curriculum sampler reads it (``unigap.curriculum``).
@@ -46,32 +50,33 @@ from typing import Any, TextIO
 
 from .. import __version__
 from ..codes import CODES_SUFFIX, GenImageError
-from .output import MANIFEST_FILE, BuildError, Output, format_counts, now_iso, place_file
+from ..rowmeta import MANIFEST_FILE, POOL_FILE, pool_entry
+from ..rowmeta import replay_defaults as _replay_defaults
+from ..rowmeta import row_meta as _row_meta
+from ..samples import DatasetFormat, GenSample, PairSample, UndSample
+from .output import BuildError, Output, format_counts, now_iso, place_file
 from .runsource import Candidate, CodesChecker, PromptGroup, RunSource, check_png_fast
-from .sharegpt import dataset_info_entry, gen_dpo_row, gen_sft_row, und_sft_row
 
 DATA_FILE = "data.jsonl"
 UND_FILE = "und.jsonl"
-DISCARD_FILE = "discard_pool.jsonl"
+DISCARD_FILE = POOL_FILE
 IMAGES = "images"
-#: the key of the curriculum metadata inside each row
-META_KEY = "unigap"
 
 
 def row_meta(group: PromptGroup, cand: Candidate, image: str, accepted: Callable[[Candidate], bool]) -> dict[str, Any]:
     """What the curriculum sampler needs to know about a row (keyed by the row's own image)."""
     first = group.first
     cands = group.candidates
-    return {
-        "prompt_id": first["prompt_id"],
-        "prompt": first["prompt"],
-        "image": image,
-        "difficulty": first["difficulty"],
-        "category": first["category"],
-        "acceptance": sum(1 for c in cands if accepted(c)) / len(cands),
-        "mean_p_yes": sum(c.p for c in cands) / len(cands),
-        "p_yes": cand.p,
-    }
+    return _row_meta(
+        prompt_id=first["prompt_id"],
+        prompt=first["prompt"],
+        image=image,
+        difficulty=first["difficulty"],
+        category=first["category"],
+        acceptance=sum(1 for c in cands if accepted(c)) / len(cands),
+        mean_p_yes=sum(c.p for c in cands) / len(cands),
+        p_yes=cand.p,
+    )
 
 
 @dataclass
@@ -229,35 +234,28 @@ class _Build:
 
     def discard(self, group: PromptGroup) -> None:
         first = group.first
-        cands = group.candidates
         self.write(
             "discard",
-            {
-                "prompt_index": group.prompt_index,
-                "prompt_id": first["prompt_id"],
-                "prompt": first["prompt"],
-                "difficulty": first["difficulty"],
-                "category": first["category"],
-                "best_p_yes": max(c.p for c in cands),
-                "mean_p_yes": sum(c.p for c in cands) / len(cands),
-                "acceptance": 0.0,
-                "num_candidates": len(cands),
-                **({"run": self.runs.index(group.run)} if len(self.runs) > 1 else {}),
-            },
+            pool_entry(
+                prompt_index=group.prompt_index,
+                prompt_id=first["prompt_id"],
+                prompt=first["prompt"],
+                difficulty=first["difficulty"],
+                category=first["category"],
+                p_yes=[c.p for c in group.candidates],
+                run=self.runs.index(group.run) if len(self.runs) > 1 else None,
+            ),
         )
-
-
-#: self-play settings C-SFT replay reuses unless its YAML says otherwise
-REPLAY_KEYS = ("num_candidates", "cfg_scale", "temperature", "top_k", "top_p", "seed")
 
 
 def replay_defaults(run: RunSource, threshold: float | None) -> dict[str, Any]:
     """The judge and sampling settings of the (first) source run; the build's threshold wins when given."""
+    from ..models import adapter_class_for
+
     config = run.meta.get("config") or {}
-    out = {key: config.get(key) for key in REPLAY_KEYS}
-    out["judge_question"] = run.question
-    out["judge_threshold"] = run.threshold if threshold is None else threshold
-    return out
+    family = adapter_class_for({"model_type": (run.meta.get("spec") or {}).get("model_type")})
+    keys = family.sampling.keys(selfplay_only=True) if family is not None else []
+    return _replay_defaults(config, keys, run.question, run.threshold if threshold is None else threshold)
 
 
 def _totals(by_difficulty: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -280,10 +278,11 @@ def _run_build(
     allow_partial: bool,
     overwrite: bool,
     copy: bool,
+    fmt: DatasetFormat,
 ) -> dict[str, Any]:
     options.validate()
     runs = open_runs(run_dirs, allow_partial)
-    output = Output(dataset_dir, name, list(entries), overwrite=overwrite)
+    output = Output(dataset_dir, name, list(entries), fmt, overwrite=overwrite)
     with output.building() as tmp:
         (tmp / IMAGES).mkdir()
         handles = {key: open(tmp / fname, "w", encoding="utf-8") for key, fname in file_keys.items()}
@@ -340,6 +339,7 @@ def build_sft(
     allow_partial: bool = False,
     overwrite: bool = False,
     copy: bool = False,
+    fmt: DatasetFormat,
 ) -> dict[str, Any]:
     """Algorithm 1: accepted candidates -> generation SFT rows; prompts with none -> the discard pool."""
     opts = options or SftOptions()
@@ -351,16 +351,14 @@ def build_sft(
         rows = select_sft(cands, accepted, opts)
         for cand in rows:
             image = build.place(group, cand)
-            row = gen_sft_row(cand.record["prompt"], image)
-            build.write("data", {**row, META_KEY: row_meta(group, cand, image, accepted)})
+            build.write("data", fmt.render(GenSample(cand.record["prompt"], image, row_meta(group, cand, image, accepted))))
         und = 0
         if opts.with_und:
             question = group.run.question.format(prompt=group.first["prompt"])
             for cand in cands:
                 answer = "Yes" if accepted(cand) else "No"
                 image = build.place(group, cand)
-                row = und_sft_row(image, question, answer)
-                build.write("und", {**row, META_KEY: row_meta(group, cand, image, accepted)})
+                build.write("und", fmt.render(UndSample(image, question, answer, row_meta(group, cand, image, accepted))))
                 und += 1
         if not n_acc:
             build.discard(group)
@@ -369,13 +367,13 @@ def build_sft(
             **({"und_rows": und} if opts.with_und else {}),
         )
 
-    entries = {name: dataset_info_entry(f"{name}/{DATA_FILE}")}
+    entries = {name: fmt.entry(f"{name}/{DATA_FILE}")}
     files = {"data": DATA_FILE, "discard": DISCARD_FILE}
     if opts.with_und:
-        entries[f"{name}_und"] = dataset_info_entry(f"{name}/{UND_FILE}")
+        entries[f"{name}_und"] = fmt.entry(f"{name}/{UND_FILE}")
         files["und"] = UND_FILE
     return _run_build("sft", run_dirs, dataset_dir, name, opts, per_group, entries, files, allow_partial, overwrite,
-                      copy)
+                      copy, fmt)
 
 
 def build_dpo(
@@ -387,6 +385,7 @@ def build_dpo(
     allow_partial: bool = False,
     overwrite: bool = False,
     copy: bool = False,
+    fmt: DatasetFormat,
 ) -> dict[str, Any]:
     """Most-yes against most-no pairs per prompt -> a ranking dataset for ``stage: dpo``."""
     opts = options or DpoOptions()
@@ -399,8 +398,8 @@ def build_dpo(
         prompt = group.first["prompt"]
         for chosen, rejected in pairs:
             image = build.place(group, chosen)
-            row = gen_dpo_row(prompt, image, build.place(group, rejected))
-            build.write("data", {**row, META_KEY: row_meta(group, chosen, image, accepted)})
+            meta = row_meta(group, chosen, image, accepted)
+            build.write("data", fmt.render(PairSample(prompt, image, build.place(group, rejected), meta)))
         if not n_acc:
             build.discard(group)
         build.count(
@@ -408,13 +407,13 @@ def build_dpo(
             unpaired=int(not pairs),
         )
 
-    entries = {name: dataset_info_entry(f"{name}/{DATA_FILE}", ranking=True)}
+    entries = {name: fmt.entry(f"{name}/{DATA_FILE}", ranking=True)}
     files = {"data": DATA_FILE, "discard": DISCARD_FILE}
     return _run_build("dpo", run_dirs, dataset_dir, name, opts, per_group, entries, files, allow_partial, overwrite,
-                      copy)
+                      copy, fmt)
 
 
-def describe(kind: str, result: dict[str, Any], out: TextIO | None = None) -> None:
+def describe(kind: str, result: dict[str, Any], out: TextIO | None = None, index_file: str = "index") -> None:
     """Print what a build did: rows / pairs, discarded prompts, per difficulty."""
     out = out or sys.stdout
     t = result["totals"]
@@ -435,9 +434,9 @@ def describe(kind: str, result: dict[str, Any], out: TextIO | None = None) -> No
     print(f"  per difficulty: {format_counts(result['by_difficulty'], keys)}", file=out)
     files = result["image_files"]
     print(f"  wrote {folder} (image + codes files: {files['link']} hard-linked, {files['copy']} copied); "
-          f"dataset_info.json: {', '.join(result['entries'])}", file=out)
+          f"{index_file}: {', '.join(result['entries'])}", file=out)
     if result.get("dropped"):
-        print(f"  dataset_info.json: removed {', '.join(result['dropped'])} (written by the replaced build, not by "
+        print(f"  {index_file}: removed {', '.join(result['dropped'])} (written by the replaced build, not by "
               "this one)", file=out)
     if result.get("swept"):
         print(f"  removed {result['swept']} leftover folder(s) of interrupted builds of {result['name']}", file=out)

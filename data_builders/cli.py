@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..host.llamafactory.datasets import FORMAT
+
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from .build import DpoOptions, SftOptions, build_dpo, build_sft, describe
 
-    common = {"allow_partial": args.allow_partial, "overwrite": args.overwrite, "copy": args.copy}
+    common = {"allow_partial": args.allow_partial, "overwrite": args.overwrite, "copy": args.copy, "fmt": FORMAT}
     if args.kind == "sft":
         opts = SftOptions(
             threshold=args.threshold, best_of_n=args.best_of_n, max_per_prompt=args.max_per_prompt,
@@ -24,7 +26,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             any_outcome=args.any_outcome,
         )
         result = build_dpo(args.run_dirs, args.out, args.name, opts, **common)
-    describe(args.kind, result)
+    describe(args.kind, result, index_file=FORMAT.index_file)
     return 0
 
 
@@ -37,16 +39,17 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     )
     result = encode_dataset(
         args.source, args.model, args.out, args.name, opts, adapter_dir=args.adapter, device=args.device,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, fmt=FORMAT,
     )
-    describe(result)
+    describe(result, index_file=FORMAT.index_file)
     return 0
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DATASET_DIR",
-                   help="dataset directory (the host's dataset_dir); created if missing, dataset_info.json merged")
-    p.add_argument("--name", required=True, help="dataset name: the dataset_info.json entry and the folder DATASET_DIR/NAME")
+                   help=f"dataset directory (the host's dataset_dir); created if missing, {FORMAT.index_file} merged")
+    p.add_argument("--name", required=True,
+                   help=f"dataset name: the {FORMAT.index_file} entry and the folder DATASET_DIR/NAME")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing dataset of this name (folder and entry); other entries are never changed")
 

@@ -13,7 +13,7 @@ Sources (``SOURCE``):
 Each image is prepared the way the model's generation path sees it: EXIF rotation
 applied, transparency composited over white, 16-bit / float modes scaled to 8-bit
 RGB, then ``--fit crop`` (centre square, default) or ``--fit pad`` (pad with the
-image processor's mean colour, as Janus' processor does for understanding), resized
+image processor's mean colour, as the family's processor does for understanding), resized
 (bicubic) to the model's image size and normalised with its mean / std.  The model's
 own VQ tokenizer turns it into codes (batched, with a progress bar).  The dataset
 gets ``images/0000000.png`` + ``.codes.npy`` per pair; the PNG is what the codes
@@ -35,8 +35,9 @@ from typing import Any, TextIO
 from .. import __version__
 from ..jsonl import parse_object
 from .build import DATA_FILE, IMAGES
-from .output import MANIFEST_FILE, BuildError, Output, now_iso
-from .sharegpt import dataset_info_entry, gen_sft_row
+from ..rowmeta import MANIFEST_FILE
+from ..samples import DatasetFormat, GenSample
+from .output import BuildError, Output, now_iso
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 TABLE_EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
@@ -253,8 +254,9 @@ def encode_dataset(
     device: str | None = None,
     overwrite: bool = False,
     adapter: Any = None,
+    fmt: DatasetFormat,
 ) -> dict[str, Any]:
-    """Encode image-text pairs into ``DATASET_DIR/NAME`` (atomic; ``dataset_info.json`` merged last)."""
+    """Encode image-text pairs into ``DATASET_DIR/NAME`` (atomic; the host's index merged last)."""
     import numpy as np
 
     from ..codes import save_gen_image
@@ -262,8 +264,8 @@ def encode_dataset(
     opts = options or EncodeOptions()
     opts.validate()
     kind, total, items = open_source(source, opts)
-    entries = {name: dataset_info_entry(f"{name}/{DATA_FILE}")}
-    output = Output(dataset_dir, name, list(entries), overwrite=overwrite)
+    entries = {name: fmt.entry(f"{name}/{DATA_FILE}")}
+    output = Output(dataset_dir, name, list(entries), fmt, overwrite=overwrite)
     if adapter is None:
         from ..loading import load_unified
 
@@ -294,7 +296,7 @@ def encode_dataset(
                         number = stats["rows"]
                         rel = f"{IMAGES}/{number:07d}.png"
                         save_gen_image(tmp / rel, png, row)
-                        data.write(json.dumps(gen_sft_row(text, output.path(rel)), ensure_ascii=False) + "\n")
+                        data.write(json.dumps(fmt.render(GenSample(text, output.path(rel))), ensure_ascii=False) + "\n")
                         stats["rows"] += 1
                     bar.update(len(batch))
 
@@ -370,15 +372,15 @@ def _input_pngs(adapter: Any, batch: list[tuple[str, Any]], opts: EncodeOptions)
     return [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]
 
 
-def describe(result: dict[str, Any], out: TextIO | None = None) -> None:
+def describe(result: dict[str, Any], out: TextIO | None = None, index_file: str = "index") -> None:
     out = out or sys.stdout
     stats = result["stats"]
     modes = ", ".join(f"{m} {n}" for m, n in sorted(stats["modes"].items()))
     print(f"unigap encode: {result['name']}: {stats['rows']} generation rows from a {result['kind']} source; "
           f"images {result['fit']}-fitted to {result['size']}px ({stats['non_square']} non-square, "
           f"{stats['upscaled']} upscaled; modes: {modes})", file=out)
-    print(f"  wrote {result['folder']}; dataset_info.json: {result['name']}", file=out)
+    print(f"  wrote {result['folder']}; {index_file}: {result['name']}", file=out)
     if result.get("dropped"):
-        print(f"  dataset_info.json: removed {', '.join(result['dropped'])} (written by the replaced build)", file=out)
+        print(f"  {index_file}: removed {', '.join(result['dropped'])} (written by the replaced build)", file=out)
     if result.get("swept"):
         print(f"  removed {result['swept']} leftover folder(s) of interrupted builds of {result['name']}", file=out)

@@ -1,12 +1,12 @@
-"""Where a builder writes: one ``DATASET_DIR/<NAME>/`` folder plus its ``dataset_info.json`` entries.
+"""Where a builder writes: one ``DATASET_DIR/<NAME>/`` folder plus its entries in the host's index file.
 
 Shared by ``unigap build sft|dpo`` and ``unigap encode``.  The rules:
 
 * a dataset appears complete or not at all: ``<NAME>/`` is written under a
   temporary name inside DATASET_DIR and renamed into place
-  (:func:`unigap.fsutil.atomic_directory`); ``dataset_info.json`` is then
-  read, merged and replaced atomically, as the very last step;
-* other ``dataset_info.json`` entries are never changed; an entry (or a
+  (:func:`unigap.fsutil.atomic_directory`); the host's index file (LLaMA-Factory:
+  its dataset index) is then read, merged and replaced atomically, as the very last step;
+* other index entries are never changed; an entry (or a
   ``<NAME>/`` folder) that already exists is replaced only with ``overwrite``,
   and a ``<NAME>/`` folder that unigap did not write is never replaced;
 * nothing is written outside DATASET_DIR.
@@ -28,15 +28,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..fsutil import atomic_directory, write_text_atomic
+from ..errors import UnigapError
+from ..fsutil import atomic_directory
+from ..rowmeta import MANIFEST_FILE
+from ..samples import DatasetFormat
 
-INFO_FILE = "dataset_info.json"
-MANIFEST_FILE = "manifest.json"
 MARKER_FILE = ".unigap-build"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class BuildError(ValueError):
+class BuildError(UnigapError):
     """A build that cannot proceed (bad options, bad input, a name already taken...)."""
 
 
@@ -44,26 +45,12 @@ class DatasetExistsError(BuildError):
     """The dataset name (entry or folder) is already taken and ``--overwrite`` was not given."""
 
 
-def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name) or name in (INFO_FILE, MANIFEST_FILE):
+def check_name(name: str, index_file: str = "") -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name in (index_file, MANIFEST_FILE):
         raise BuildError(
             f"--name {name!r} is not a usable dataset name (letters, digits, '_', '-', '.'; no path separators)"
         )
     return name
-
-
-def read_info(dataset_dir: Path) -> dict[str, Any]:
-    """The current ``dataset_info.json`` of ``dataset_dir`` ({} when there is none)."""
-    path = dataset_dir / INFO_FILE
-    if not path.exists():
-        return {}
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BuildError(f"{path} is not valid JSON ({err}); fix or move it, unigap will not overwrite it") from None
-    if not isinstance(info, dict):
-        raise BuildError(f"{path} must hold a JSON object (dataset name -> entry), got {type(info).__name__}")
-    return info
 
 
 def _pid_alive(pid: int) -> bool:
@@ -101,21 +88,23 @@ class Output:
     Every check that can refuse happens in the constructor, before any work.
     """
 
-    def __init__(self, dataset_dir: str | os.PathLike, name: str, entries: list[str], overwrite: bool = False):
+    def __init__(self, dataset_dir: str | os.PathLike, name: str, entries: list[str], fmt: DatasetFormat,
+                 overwrite: bool = False):
         self.dataset_dir = Path(dataset_dir)
-        self.name = check_name(name)
+        self.fmt = fmt
+        self.name = check_name(name, fmt.index_file)
         for entry in entries:
-            check_name(entry)
+            check_name(entry, fmt.index_file)
         self.entries = list(entries)
         self.overwrite = overwrite
         self.dropped: list[str] = []
         if self.dataset_dir.exists() and not self.dataset_dir.is_dir():
             raise BuildError(f"--out {self.dataset_dir} exists and is not a directory")
-        info = read_info(self.dataset_dir)
+        info = fmt.read_index(self.dataset_dir)
         taken = [e for e in self.entries if e in info]
         if taken and not overwrite:
             raise DatasetExistsError(
-                f"{self.dataset_dir / INFO_FILE} already has a dataset named {', '.join(map(repr, taken))}; "
+                f"{self.dataset_dir / fmt.index_file} already has a dataset named {', '.join(map(repr, taken))}; "
                 "pass --overwrite to replace it (other entries are never changed) or choose another --name"
             )
         folder = self.dataset_dir / self.name
@@ -154,8 +143,8 @@ class Output:
             (tmp / MARKER_FILE).unlink()
 
     def register(self, new_entries: dict[str, dict[str, Any]]) -> None:
-        """Merge ``new_entries`` into ``dataset_info.json`` (read-merge-write, atomic replace)."""
-        info = read_info(self.dataset_dir)  # re-read: keep whatever changed meanwhile
+        """Merge ``new_entries`` into the host's index (read-merge-write, atomic replace)."""
+        info = self.fmt.read_index(self.dataset_dir)  # re-read: keep whatever changed meanwhile
         for key, file_name in self.previous.items():
             entry = info.get(key)
             if key not in new_entries and isinstance(entry, dict) and entry.get("file_name") == file_name:
@@ -163,7 +152,7 @@ class Output:
                 self.dropped.append(key)
         for key, entry in new_entries.items():
             info[key] = entry
-        write_text_atomic(self.dataset_dir / INFO_FILE, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        self.fmt.write_index(self.dataset_dir, info)
 
 
 def now_iso() -> str:

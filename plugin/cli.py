@@ -7,6 +7,8 @@ import os
 import sys
 import time
 
+from .errors import UnigapError
+
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
     from .tiny import TinySpec, build_tiny_janus
@@ -26,7 +28,7 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_example_data(args: argparse.Namespace) -> int:
-    from .data_builders.examples import write_example_datasets
+    from .shapesworld.examples import write_example_datasets
 
     counts = write_example_datasets(args.model, args.out, seed=args.seed, overwrite=args.force)
     print(f"unigap: wrote example datasets to {args.out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
@@ -38,13 +40,27 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .fsutil import atomic_directory
     from .loading import load_unified
 
+    from .models import family_for_checkpoint, sampling_keys
+    from .seeds import image_seed
+
     prompts = list(args.prompt or [])
     if args.prompts_file:
-        prompts += [line.strip() for line in open(args.prompts_file, encoding="utf-8") if line.strip()]
+        if not os.path.isfile(args.prompts_file):
+            raise UnigapError(f"--prompts-file {args.prompts_file} does not exist")
+        with open(args.prompts_file, encoding="utf-8") as handle:
+            prompts += [line.strip() for line in handle if line.strip()]
     if not prompts or any(not p.strip() for p in prompts):
-        raise ValueError("give at least one non-empty --prompt or a --prompts-file")
+        raise UnigapError("give at least one non-empty --prompt or a --prompts-file")
     if args.num < 1:
-        raise ValueError(f"--num must be >= 1, got {args.num}")
+        raise UnigapError(f"--num must be >= 1, got {args.num}")
+    given = {key: getattr(args, key) for key in sampling_keys() if getattr(args, key, None) is not None}
+    family = family_for_checkpoint(args.model)
+    unknown = [k for k in given if k not in family.sampling.keys()]
+    if unknown:
+        raise UnigapError(f"{', '.join('--' + k.replace('_', '-') for k in unknown)}: not a generation option of "
+                          f"{family.family} models (theirs: "
+                          f"{', '.join('--' + k.replace('_', '-') for k in family.sampling.keys())})")
+    params = family.sampling.from_values(given)
     adapter = load_unified(args.model, args.adapter, device=args.device)
     jobs = [(i, k) for i in range(len(prompts)) for k in range(args.num)]
     with atomic_directory(args.out, overwrite=args.force) as out:
@@ -52,12 +68,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             chunk = jobs[start : start + args.batch_size]
             codes = adapter.generate(
                 [prompts[i] for i, _ in chunk],
-                seeds=[args.seed * 1_000_003 + i * 1009 + k for i, k in chunk],
-                cfg_scale=args.cfg_scale,
-                temperature=args.temperature,
-                top_k=args.top_k,
-                top_p=args.top_p,
-                greedy=args.greedy,
+                seeds=[image_seed(args.seed, i, k) for i, k in chunk],
+                params=params,
             )
             for (i, k), image, row in zip(chunk, adapter.decode_codes(codes), codes.tolist()):
                 save_gen_image(out / f"prompt{i:03d}_{k:02d}.png", image, row)
@@ -123,6 +135,32 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """One option per generation parameter of the registered families (default: the model family's)."""
+    import typing
+
+    from .models import adapter_classes
+
+    group = parser.add_argument_group("generation (the model family's parameters; default: the family's)")
+    seen: set[str] = set()
+    for family in adapter_classes():
+        hints = typing.get_type_hints(family.sampling)
+        helps = family.sampling.field_help()
+        defaults = family.sampling.defaults()
+        for key in family.sampling.keys():
+            if key in seen:
+                continue
+            seen.add(key)
+            flag = "--" + key.replace("_", "-")
+            text = f"{helps.get(key, '')} ({family.family}; default {defaults[key]})"
+            kind = hints[key]
+            if kind is bool:
+                group.add_argument(flag, dest=key, action="store_const", const=True, default=None, help=text)
+            else:
+                base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+                group.add_argument(flag, dest=key, type=base, default=None, help=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unigap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,11 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompts-file", help="a text file with one prompt per line")
     gen.add_argument("--num", type=int, default=1, help="images per prompt")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--cfg-scale", type=float, default=5.0)
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int)
-    gen.add_argument("--top-p", type=float)
-    gen.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
+    _add_sampling_options(gen)
     gen.add_argument("--batch-size", type=int, default=8)
     gen.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     gen.add_argument("--out", required=True, help="directory to create")
@@ -207,10 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a :class:`~unigap.errors.UnigapError` is one line on stderr (exit 2), anything
+    else (a bug) keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except UnigapError as err:
         print(f"unigap {args.command}: error: {err}", file=sys.stderr)
         return 2
 

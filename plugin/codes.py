@@ -11,19 +11,25 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from .errors import UnigapError
 from .fsutil import write_bytes_atomic
 
-if TYPE_CHECKING:
-    from .models.base import ModelSpec
+
+class CodeSpec(Protocol):
+    """What the checks need to know of a model (a family's ``ModelSpec`` has it)."""
+
+    num_image_tokens: int
+    codebook_size: int
+    image_size: int
 
 CODES_SUFFIX = ".codes.npy"
 
 
-class GenImageError(ValueError):
+class GenImageError(UnigapError):
     """A generation target (PNG + codes) is missing, unreadable or does not fit the model."""
 
 
@@ -60,7 +66,7 @@ def save_gen_image(image_path: str | os.PathLike, image: Any, codes: Any) -> tup
     return path, sidecar
 
 
-def load_codes(path: str | os.PathLike, spec: "ModelSpec | None" = None) -> np.ndarray:
+def load_codes(path: str | os.PathLike, spec: "CodeSpec | None" = None) -> np.ndarray:
     """Read and check a ``.codes.npy`` file; ``spec`` adds length and range checks."""
     path = Path(path)
     if not path.is_file():
@@ -100,7 +106,7 @@ def check_png(path: str | os.PathLike) -> None:
         raise GenImageError(f"image file {path} is not a readable image ({err})") from None
 
 
-def load_gen_target(item: Any, spec: "ModelSpec") -> np.ndarray:
+def load_gen_target(item: Any, spec: "CodeSpec") -> np.ndarray:
     """The exact codes of one generation target named by a host image entry."""
     path = image_path_of(item)
     if path is None:

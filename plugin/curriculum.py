@@ -7,8 +7,8 @@ and shuffles for ``val_size``, so a row's position in the training set says
 nothing about the row in the file.  What survives is the row's ``images`` list
 (absolute paths).  Rows written by ``unigap build`` carry a ``unigap`` object
 (prompt id and text, the row's own image path, difficulty label, and the
-prompt's self-score in the self-play run); :func:`read_metadata` reads those
-files directly, checks each object against its own row (same image, prompt
+prompt's self-score in the self-play run: :mod:`unigap.rowmeta`); the host
+reads those files directly (``unigap.host.llamafactory.datasets.read_metadata``), checks each object against its own row (same image, prompt
 inside the user turn), and keys it by the resolved path of the row's first
 image.  :func:`align` then looks up every *tokenized* row by that key, and for
 generation rows also checks that the image codes inside the token stream are the
@@ -38,26 +38,24 @@ gives each rank its own batches of it); it is computed once per epoch.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from .jsonl import parse_object
+from .errors import UnigapError
+from .rowmeta import RowMeta
 from .report import ordered_levels
 
 SOURCES = ("none", "label", "acceptance", "p_yes")
 PACINGS = ("linear", "sqrt", "step", "order", "none")
 UNLABELED = ("error", "easiest", "hardest")
-META_KEY = "unigap"
 
 
-class CurriculumError(ValueError):
+class CurriculumError(UnigapError):
     """Curriculum settings or metadata that cannot be used (the message names the item)."""
 
 
@@ -245,125 +243,9 @@ class CurriculumSampler(torch.utils.data.Sampler[int]):
 
 
 # ----------------------------------------------------------------------------- metadata
-@dataclass(frozen=True)
-class RowMeta:
-    prompt_id: str
-    prompt: str
-    difficulty: str | None
-    acceptance: float
-    mean_p_yes: float
-    where: str
-
-
-def _key(path: str) -> str:
+def path_key(path: str) -> str:
     # both sides are built the host's way (media_dir joined with the row's path): no need to follow links
     return os.path.normpath(os.path.abspath(path))
-
-
-def _user_text(messages: Any, where: str) -> str:
-    if not isinstance(messages, list):
-        raise CurriculumError(f"{where}: 'messages' must be a list")
-    texts = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    return " ".join(t for t in texts if isinstance(t, str))
-
-
-def _rows_of(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as handle:
-        head = handle.read(1)
-        while head and head.isspace():
-            head = handle.read(1)
-        handle.seek(0)
-        if head == "[":
-            try:
-                rows = json.load(handle)
-            except json.JSONDecodeError as err:
-                raise CurriculumError(f"{path}: not valid JSON ({err})") from None
-            for i, row in enumerate(rows):
-                if not isinstance(row, dict):
-                    raise CurriculumError(f"{path}: row {i} is not an object")
-                yield f"{path}: row {i}", row
-            return
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                where = f"{path}:{number}"
-                yield where, parse_object(line, where, CurriculumError, "row")
-
-
-def read_metadata(files: Sequence[tuple[str, Path]], media_dir: str) -> tuple[dict[str, RowMeta], list[str]]:
-    """Curriculum metadata of every row of ``files`` ((dataset name, data file)), keyed by image path.
-
-    Returns the map and the names of datasets whose rows carry no metadata.
-    """
-    table: dict[str, RowMeta] = {}
-    bare: list[str] = []
-    for name, path in files:
-        found = False
-        for where, row in _rows_of(path):
-            meta = row.get(META_KEY)
-            if meta is None:
-                continue
-            found = True
-            if not isinstance(meta, dict):
-                raise CurriculumError(f"{where}: '{META_KEY}' must be an object")
-            images = row.get("images")
-            if not isinstance(images, list) or not images or not isinstance(images[0], str):
-                raise CurriculumError(f"{where}: a row with curriculum metadata must list its images")
-            if meta.get("image") != images[0]:
-                raise CurriculumError(
-                    f"{where}: curriculum metadata is for image {meta.get('image')!r} but the row's image is "
-                    f"{images[0]!r}; metadata and rows are misaligned"
-                )
-            prompt = meta.get("prompt")
-            if not isinstance(prompt, str) or prompt not in _user_text(row.get("messages"), where):
-                raise CurriculumError(
-                    f"{where}: curriculum metadata is for prompt {prompt!r}, which is not this row's prompt; "
-                    "metadata and rows are misaligned"
-                )
-            try:
-                info = RowMeta(
-                    prompt_id=str(meta["prompt_id"]),
-                    prompt=prompt,
-                    difficulty=None if meta.get("difficulty") is None else str(meta["difficulty"]),
-                    acceptance=float(meta["acceptance"]),
-                    mean_p_yes=float(meta["mean_p_yes"]),
-                    where=where,
-                )
-            except (KeyError, TypeError, ValueError) as err:
-                raise CurriculumError(f"{where}: bad curriculum metadata ({type(err).__name__}: {err})") from None
-            full = os.path.join(media_dir, images[0])
-            key = _key(full if os.path.isfile(full) else images[0])
-            old = table.get(key)
-            if old is not None and (old.prompt_id, old.difficulty) != (info.prompt_id, info.difficulty):
-                raise CurriculumError(
-                    f"{where}: image {images[0]} is also used by {old.where} with another prompt / difficulty "
-                    f"({old.prompt_id!r}/{old.difficulty!r} vs {info.prompt_id!r}/{info.difficulty!r})"
-                )
-            table.setdefault(key, info)
-        if not found:
-            bare.append(name)
-    return table, bare
-
-
-def data_files(dataset_names: Sequence[str], dataset_dir: str) -> tuple[list[tuple[str, Path]], list[str]]:
-    """The local data files of each dataset (from the host's ``dataset_info.json``), and the names of
-    datasets that are not local files (hub / script datasets: their rows count as unlabeled)."""
-    info_path = Path(dataset_dir) / "dataset_info.json"
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise CurriculumError(f"the curriculum reads {info_path}: {err}") from None
-    out, remote = [], []
-    for name in dataset_names:
-        entry = info.get(name)
-        if not isinstance(entry, dict) or "file_name" not in entry:
-            remote.append(name)
-            continue
-        path = Path(dataset_dir) / entry["file_name"]
-        if path.is_dir():
-            out += [(name, p) for p in sorted(path.iterdir()) if p.suffix in (".json", ".jsonl")]
-        else:
-            out.append((name, path))
-    return out, remote
 
 
 @dataclass
@@ -391,7 +273,7 @@ def align(
     unlabeled: list[int] = []
     for i, images in enumerate(images_column):
         path = images[0] if images else None
-        meta = table.get(_key(path)) if isinstance(path, str) else None
+        meta = table.get(path_key(path)) if isinstance(path, str) else None
         if meta is None:
             unlabeled.append(start + i)
         elif gen_codes is not None and ids_column is not None and _verify(start + i):
@@ -462,15 +344,3 @@ def difficulty_of(metas: Sequence[RowMeta | None], config: CurriculumConfig, nam
             scores[missing] = math.inf
             stages[missing] = len(stage_names) - 1
     return scores, stages, stage_names
-
-
-def meta_from_pool(entry: dict[str, Any], where: str) -> RowMeta:
-    """Curriculum metadata of a row added by replay (its prompt's self-score in the original run)."""
-    return RowMeta(
-        prompt_id=str(entry["prompt_id"]),
-        prompt=entry["prompt"],
-        difficulty=None if entry.get("difficulty") is None else str(entry["difficulty"]),
-        acceptance=float(entry.get("acceptance", 0.0)),
-        mean_p_yes=float(entry.get("mean_p_yes", entry.get("best_p_yes", 0.0))),
-        where=where,
-    )

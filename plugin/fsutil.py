@@ -9,6 +9,12 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .errors import UnigapError
+
+
+class TargetExistsError(UnigapError, FileExistsError):
+    """The place to write already holds something unigap will not replace."""
+
 #: Test hook: ``UNIGAP_KILL_AT_WRITE=n`` SIGKILLs the process inside its n-th atomic
 #: write, after the data went to the temporary file and before the rename: the
 #: worst moment for a crash.  The crash-safety tests use it; it is read once.
@@ -59,9 +65,9 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a directory")
+        raise TargetExistsError(f"{path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path} already exists and is not empty (pass overwrite/--force to replace it)")
+        raise TargetExistsError(f"{path} already exists and is not empty (pass overwrite/--force to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     umask = os.umask(0)

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import UnigapError
 from .jsonl import parse_object
 
 
-class PromptError(ValueError):
+class PromptError(UnigapError):
     """A prompt file or dataset that cannot be used, with the offending line / row named."""
 
 

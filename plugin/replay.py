@@ -15,9 +15,8 @@ ranks split the pool, then gather the codes and P(yes) so every rank adds the
 same rows in the same order.
 
 Written to ``OUTPUT_DIR/unigap_replay/epoch_E/``: ``images/`` (every candidate:
-PNG + ``.codes.npy``), ``candidates.jsonl`` (P(yes), accepted), ``data.jsonl``
-(the added rows, sharegpt, with a ``dataset_info.json`` so the folder is a
-dataset), ``pool.jsonl`` (what is left) and ``summary.json`` (tried,
+PNG + ``.codes.npy``), ``candidates.jsonl`` (P(yes), accepted), the added rows
+as a dataset in the host's format (written by the host), ``pool.jsonl`` (what is left) and ``summary.json`` (tried,
 recovered, rows added, per difficulty).  Each checkpoint holds
 ``unigap_replay.json`` (replays done, pool, the added rows as tokenized), so a
 resumed run trains on the same rows.
@@ -31,19 +30,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .errors import UnigapError
 from .fsutil import write_text_atomic
-from .jsonl import parse_object
+from .rowmeta import (
+    MANIFEST_FILE,
+    POOL_FILE,
+    REPLAY_BASE_KEYS,
+    pool_mean_p_yes,
+    read_replay_defaults,
+    row_meta,
+)
+from .rowmeta import load_pool as _load_pool
+from .samples import GenSample, PairSample
 
 STATE_FILE = "unigap_replay.json"
 REPLAY_DIR = "unigap_replay"
-POOL_FILE = "discard_pool.jsonl"
-MANIFEST_FILE = "manifest.json"
-SETTING_KEYS = ("num_candidates", "judge_threshold", "judge_question", "cfg_scale", "temperature", "top_k", "top_p",
-                "seed")
-REQUIRED = ("num_candidates", "judge_threshold", "judge_question", "cfg_scale", "temperature", "seed")
 
 
-class ReplayError(ValueError):
+class ReplayError(UnigapError):
     """Replay settings or pool that cannot be used (the message names the item)."""
 
 
@@ -54,19 +58,19 @@ class ReplaySettings:
     num_candidates: int
     judge_threshold: float
     judge_question: str
-    cfg_scale: float
-    temperature: float
-    top_k: int | None
-    top_p: float | None
+    #: the model family's generation parameters (a SamplingParams of its family)
+    sampling: Any
     seed: int
     batch_size: int
     #: where each value came from: "yaml" or the manifest path
     sources: dict[str, str] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["pool"] = str(self.pool)
-        out["epochs"] = list(self.epochs)
+        out: dict[str, Any] = {"epochs": list(self.epochs), "pool": str(self.pool),
+                               "num_candidates": self.num_candidates, "judge_threshold": self.judge_threshold,
+                               "judge_question": self.judge_question}
+        out.update(self.sampling.as_dict(selfplay_only=True))
+        out.update(seed=self.seed, batch_size=self.batch_size, sources=dict(self.sources))
         return out
 
 
@@ -111,30 +115,32 @@ def find_pool(value: str, dataset_dir: str) -> Path:
 
 
 def resolve_settings(yaml_values: dict[str, Any], epochs: Any, pool: str | None, dataset_dir: str,
-                     batch_size: int) -> ReplaySettings:
-    """Settings from YAML, else from the pool's build manifest (= the self-play run's)."""
+                     batch_size: int, sampling: Any) -> ReplaySettings:
+    """Settings from YAML, else from the pool's build manifest (= the self-play run's).
+
+    ``sampling`` is the model family's generation-parameter class; its self-play
+    keys are replay settings too (``replay_<key>`` in the YAML).
+    """
     parsed = parse_epochs(epochs)
     if not pool:
         raise ReplayError("replay_epochs is set but replay_pool is not: name the discard pool to replay "
                           "(a dataset written by `unigap build sft`, or its discard_pool.jsonl)")
     path = find_pool(pool, dataset_dir)
     manifest = path.parent / MANIFEST_FILE
-    defaults: dict[str, Any] = {}
-    if manifest.is_file():
-        try:
-            defaults = json.loads(manifest.read_text(encoding="utf-8")).get("replay_defaults") or {}
-        except json.JSONDecodeError as err:
-            raise ReplayError(f"{manifest}: not valid JSON ({err})") from None
+    defaults = read_replay_defaults(manifest, ReplayError)
+    sampling_keys = sampling.keys(selfplay_only=True)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for key in SETTING_KEYS:
+    for key in [*REPLAY_BASE_KEYS, *sampling_keys]:
         if yaml_values.get(key) is not None:
             values[key], sources[key] = yaml_values[key], "yaml"
         elif defaults.get(key) is not None:
             values[key], sources[key] = defaults[key], str(manifest)
         else:
             values[key] = None
-    missing = [k for k in REQUIRED if values[k] is None]
+    # a generation parameter whose family default is None (top_k, top_p) may stay unset
+    optional = {k for k, v in sampling.defaults(selfplay_only=True).items() if v is None}
+    missing = [k for k in [*REPLAY_BASE_KEYS, *sampling_keys] if values[k] is None and k not in optional]
     if missing:
         raise ReplayError(
             f"replay: no value for {', '.join('replay_' + k for k in missing)}: set them in the YAML (the pool "
@@ -147,24 +153,24 @@ def resolve_settings(yaml_values: dict[str, Any], epochs: Any, pool: str | None,
             num_candidates=int(values["num_candidates"]),
             judge_threshold=float(values["judge_threshold"]),
             judge_question=str(values["judge_question"]),
-            cfg_scale=float(values["cfg_scale"]),
-            temperature=float(values["temperature"]),
-            top_k=None if values["top_k"] is None else int(values["top_k"]),
-            top_p=None if values["top_p"] is None else float(values["top_p"]),
+            sampling=None,
             seed=int(values["seed"]),
             batch_size=int(batch_size),
             sources=sources,
         )
     except (TypeError, ValueError) as err:
         raise ReplayError(f"replay settings: {err}") from None
+    given = {k: values[k] for k in sampling_keys if values[k] is not None}
+    try:
+        settings.sampling = sampling.from_values(given, prefix="replay_")
+    except UnigapError as err:
+        raise ReplayError(str(err)) from None
     if settings.num_candidates < 1:
         raise ReplayError(f"replay_num_candidates must be >= 1, got {settings.num_candidates}")
     if not 0.0 <= settings.judge_threshold <= 1.0:
         raise ReplayError(f"replay_judge_threshold must be in [0, 1], got {settings.judge_threshold}")
     if "{prompt}" not in settings.judge_question:
         raise ReplayError(f"replay_judge_question must contain {{prompt}}, got {settings.judge_question!r}")
-    if settings.temperature <= 0:
-        raise ReplayError(f"replay_temperature must be > 0, got {settings.temperature}")
     if settings.batch_size < 1:
         raise ReplayError(f"replay_batch_size must be >= 1, got {settings.batch_size}")
     return settings
@@ -172,25 +178,7 @@ def resolve_settings(yaml_values: dict[str, Any], epochs: Any, pool: str | None,
 
 def load_pool(path: Path) -> list[dict[str, Any]]:
     """The discard pool (one prompt per line); errors name file:line."""
-    entries, seen = [], {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            entry = parse_object(line, where, ReplayError, "pool entry")
-            prompt = entry.get("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ReplayError(f"{where}: 'prompt' must be a non-empty string")
-            pid = entry.get("prompt_id", str(number))
-            if isinstance(pid, bool) or not isinstance(pid, (str, int)):
-                raise ReplayError(f"{where}: 'prompt_id' must be a string or an integer")
-            pid = str(pid)
-            if pid in seen:
-                raise ReplayError(f"{where}: prompt_id {pid!r} is already used at line {seen[pid]}")
-            seen[pid] = number
-            entries.append({**entry, "prompt_id": pid, "prompt": prompt.strip()})
-    return entries
+    return _load_pool(path, ReplayError)
 
 
 # ----------------------------------------------------------------------------- state (checkpointed)
@@ -199,7 +187,7 @@ class ReplayState:
     done: list[int] = field(default_factory=list)
     #: prompt ids still in the pool, in pool order
     pool: list[str] = field(default_factory=list)
-    #: every added row: {"epoch", "prompt_id", "row" (sharegpt), "tokens" (host-tokenized)}
+    #: every added row: {"epoch", "prompt_id", "row" (the host's format), "tokens" (host-tokenized)}
     added: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self, folder: str | os.PathLike) -> None:
@@ -236,8 +224,7 @@ def draw_pool(adapter: Any, entries: Sequence[dict[str, Any]], positions: Sequen
     with torch.no_grad():
         for pos, codes in draw(
             adapter, todo, num_candidates=settings.num_candidates, seed=settings.seed + epoch,
-            cfg_scale=settings.cfg_scale, temperature=settings.temperature, top_k=settings.top_k,
-            top_p=settings.top_p, batch_size=settings.batch_size,
+            params=settings.sampling, batch_size=settings.batch_size,
         ):
             entry = entries[positions[pos]]
             _images, p_yes = judge_candidates(adapter, codes, settings.judge_question.format(prompt=entry["prompt"]))
@@ -274,11 +261,9 @@ def write_images(folder: Path, drawn: Sequence[Drawn], decode: Callable[[Any], l
 
 
 def build_rows(folder: Path, entries: Sequence[dict[str, Any]], drawn: Sequence[Drawn], settings: ReplaySettings,
-               ranking: bool) -> tuple[list[dict[str, Any]], list[str], dict[str, dict[str, int]]]:
-    """(sharegpt rows with metadata, recovered prompt ids, counts per difficulty)."""
-    from .data_builders.sharegpt import gen_dpo_row, gen_sft_row
-
-    rows: list[dict[str, Any]] = []
+               ranking: bool) -> tuple[list[GenSample | PairSample], list[str], dict[str, dict[str, int]]]:
+    """(samples with metadata, recovered prompt ids, counts per difficulty)."""
+    samples: list[GenSample | PairSample] = []
     recovered: list[str] = []
     counts: dict[str, dict[str, int]] = {}
     for item in sorted(drawn, key=lambda d: d.position):
@@ -295,30 +280,30 @@ def build_rows(folder: Path, entries: Sequence[dict[str, Any]], drawn: Sequence[
             recovered.append(entry["prompt_id"])
         for pick in picks:
             paths = [str((folder / "images" / f"{image_stem(item.position, k)}.png").resolve()) for k in pick]
-            row = gen_dpo_row(entry["prompt"], *paths) if ranking else gen_sft_row(entry["prompt"], paths[0])
             acceptance = sum(p >= settings.judge_threshold for p in item.p_yes) / len(item.p_yes)
-            row["unigap"] = {
-                "prompt_id": entry["prompt_id"],
-                "prompt": entry["prompt"],
-                "image": paths[0],
-                "difficulty": entry.get("difficulty"),
-                "category": entry.get("category"),
-                "p_yes": item.p_yes[pick[0]],
+            meta = row_meta(
+                prompt_id=entry["prompt_id"],
+                prompt=entry["prompt"],
+                image=paths[0],
+                difficulty=entry.get("difficulty"),
+                category=entry.get("category"),
                 # the prompt's self-score in the ORIGINAL run is what orders it in the curriculum
-                "acceptance": float(entry.get("acceptance", 0.0)),
-                "mean_p_yes": float(entry.get("mean_p_yes", entry.get("best_p_yes", 0.0))),
-                "replay_acceptance": acceptance,
-            }
-            rows.append(row)
-    return rows, recovered, counts
+                acceptance=float(entry.get("acceptance", 0.0)),
+                mean_p_yes=pool_mean_p_yes(entry),
+                p_yes=item.p_yes[pick[0]],
+                replay_acceptance=acceptance,
+            )
+            if ranking:
+                samples.append(PairSample(entry["prompt"], paths[0], paths[1], meta=meta))
+            else:
+                samples.append(GenSample(entry["prompt"], paths[0], meta=meta))
+    return samples, recovered, counts
 
 
 def write_epoch_files(folder: Path, epoch: int, entries: Sequence[dict[str, Any]], drawn: Sequence[Drawn],
-                      rows: Sequence[dict[str, Any]], remaining: Sequence[str], counts: dict[str, dict[str, int]],
-                      settings: ReplaySettings, ranking: bool) -> dict[str, Any]:
-    """What a person reads after a replay (rank 0 only)."""
-    from .data_builders.sharegpt import dataset_info_entry
-
+                      remaining: Sequence[str], counts: dict[str, dict[str, int]],
+                      settings: ReplaySettings) -> dict[str, Any]:
+    """What a person reads after a replay (rank 0 only; the added rows are the host's to write)."""
     lines = []
     for item in sorted(drawn, key=lambda d: d.position):
         entry = entries[item.position]
@@ -329,9 +314,6 @@ def write_epoch_files(folder: Path, epoch: int, entries: Sequence[dict[str, Any]
                 "image": f"images/{image_stem(item.position, k)}.png",
             }, ensure_ascii=False))
     write_text_atomic(folder / "candidates.jsonl", "".join(line + "\n" for line in lines))
-    write_text_atomic(folder / "data.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    info = {f"replay_epoch_{epoch}": dataset_info_entry("data.jsonl", ranking=ranking)}
-    write_text_atomic(folder / "dataset_info.json", json.dumps(info, indent=2) + "\n")
     by_id = {e["prompt_id"]: e for e in entries}
     write_text_atomic(folder / "pool.jsonl",
                       "".join(json.dumps(by_id[pid], ensure_ascii=False) + "\n" for pid in remaining))

@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import UnigapError
 from .jsonl import parse_object
 
 RUN_FILE = "run.json"
@@ -52,7 +53,7 @@ RECORD_KEYS = (
 )
 
 
-class RunError(ValueError):
+class RunError(UnigapError):
     """A run directory is missing, incomplete or inconsistent."""
 
 

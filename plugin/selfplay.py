@@ -23,7 +23,6 @@ ranks; a gloo process group is used only for barriers.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
@@ -35,9 +34,12 @@ from typing import Any, Iterator, Sequence
 
 from . import __version__
 from .codes import save_gen_image
+from .errors import UnigapError
 from .fsutil import write_text_atomic
 from .prompts import Prompt, load_prompt_dataset, load_prompt_file
 from .report import summarize
+from .seeds import candidate_seed
+from .suggest import did_you_mean
 from .runs import (
     IMAGES_DIR,
     PARTS_DIR,
@@ -55,7 +57,7 @@ DEFAULT_QUESTION = "Does this image show {prompt}?"
 NON_RESULT_KEYS = ("output_dir", "batch_size", "device", "progress", "model_name_or_path", "adapter_name_or_path")
 
 
-class SelfPlayError(ValueError):
+class SelfPlayError(UnigapError):
     """A self-play configuration or run directory that cannot be used."""
 
 
@@ -77,10 +79,9 @@ class SelfPlayConfig:
     category_column: str = "category"
     max_prompts: int | None = None
     num_candidates: int = 4
-    cfg_scale: float = 5.0
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
+    #: the model family's generation parameters (keys of its sampling class, e.g. cfg_scale);
+    #: what the YAML gives, until :meth:`resolve_sampling` checks them against the family and adds its defaults
+    sampling: dict[str, Any] = dataclasses.field(default_factory=dict)
     seed: int = 42
     batch_size: int = 16
     #: "auto" = cuda when present (one GPU per rank), else cpu
@@ -92,7 +93,27 @@ class SelfPlayConfig:
     progress: bool = True
 
     def public(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        """The configuration as a flat mapping (generation parameters beside the other keys)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "sampling":
+                out.update(self.sampling)
+            elif f.init:
+                out[f.name] = getattr(self, f.name)
+        return out
+
+    def resolve_sampling(self, family: Any) -> Any:
+        """Check the generation parameters against the model's family; store them with its defaults."""
+        try:
+            params = family.sampling.from_values(dict(self.sampling))
+        except UnigapError as err:
+            raise SelfPlayError(str(err)) from None
+        allowed = family.sampling.keys(selfplay_only=True)
+        extra = [k for k in self.sampling if k not in allowed]
+        if extra:
+            raise SelfPlayError(f"{', '.join(extra)} cannot be used in self-play with a {family.family} model")
+        self.sampling = params.as_dict(selfplay_only=True)
+        return params
 
     def validate(self) -> None:
         if not self.model_name_or_path:
@@ -109,12 +130,6 @@ class SelfPlayConfig:
             raise SelfPlayError(f"max_prompts must be an integer >= 1, got {self.max_prompts!r}")
         if not 0.0 <= float(self.judge_threshold) <= 1.0:
             raise SelfPlayError(f"judge_threshold must be in [0, 1], got {self.judge_threshold}")
-        if float(self.temperature) <= 0:
-            raise SelfPlayError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_p is not None and not 0.0 < float(self.top_p) <= 1.0:
-            raise SelfPlayError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            raise SelfPlayError(f"top_k must be an integer >= 1, got {self.top_k!r}")
         if "{prompt}" not in self.judge_question:
             raise SelfPlayError(f"judge_question must contain '{{prompt}}', got {self.judge_question!r}")
         try:
@@ -145,28 +160,24 @@ def load_config(path: str | None, overrides: Sequence[str] = ()) -> SelfPlayConf
         if not sep or not key:
             raise SelfPlayError(f"override {item!r} must look like key=value")
         values[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    known = [f.name for f in dataclasses.fields(SelfPlayConfig) if f.init]
+    from .models import family_for_checkpoint, sampling_keys
+
+    generation = sampling_keys(selfplay_only=True)
+    known = [f.name for f in dataclasses.fields(SelfPlayConfig) if f.init and f.name != "sampling"]
     for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise SelfPlayError(f"unknown self-play key '{key}'{hint}")
-    config = SelfPlayConfig(**values)
-    for key in ("cfg_scale", "temperature", "judge_threshold"):
-        value = getattr(config, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SelfPlayError(f"{key} must be a number, got {value!r}")
-        setattr(config, key, float(value))
-    if config.top_p is not None:
-        config.top_p = float(config.top_p)
+        if key not in known and key not in generation:
+            raise SelfPlayError(f"unknown self-play key '{key}'{did_you_mean(key, known + list(generation))}")
+    sampling = {k: values.pop(k) for k in list(values) if k in generation}
+    config = SelfPlayConfig(**values, sampling=sampling)
+    value = config.judge_threshold
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SelfPlayError(f"judge_threshold must be a number, got {value!r}")
+    config.judge_threshold = float(value)
     config.validate()
+    if config.model_name_or_path and (Path(config.model_name_or_path) / "config.json").is_file():
+        # a local checkpoint: its family checks the generation parameters before anything is loaded
+        config.resolve_sampling(family_for_checkpoint(config.model_name_or_path))
     return config
-
-
-def candidate_seed(run_seed: int, prompt_id: str, candidate: int) -> int:
-    """A 63-bit seed from the run seed, the prompt id and the candidate index only."""
-    digest = hashlib.sha256(f"unigap-selfplay\0{run_seed}\0{prompt_id}\0{candidate}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def model_fingerprint(model: Any) -> str:
@@ -312,6 +323,7 @@ def run_selfplay(config: SelfPlayConfig) -> dict[str, Any]:
         # the model (and adapter) must load before anything is written
         device, dtype = _resolve_device(config, dist)
         adapter = load_unified(config.model_name_or_path, config.adapter_name_or_path, device=device, dtype=dtype)
+        params = config.resolve_sampling(type(adapter))
         ok, error = True, None
         try:
             if dist.rank == 0:
@@ -370,7 +382,7 @@ def run_selfplay(config: SelfPlayConfig) -> dict[str, Any]:
         dist.barrier()  # every rank has listed the finished prompts before anyone writes
         pending = [i for i in range(len(prompts)) if i not in done]
         mine = pending[dist.rank :: dist.world]
-        _draw_and_judge(adapter, config, prompts, mine, out, meta, dist, resumed=len(done))
+        _draw_and_judge(adapter, config, params, prompts, mine, out, meta, dist, resumed=len(done))
         dist.barrier()
 
         if dist.rank == 0:
@@ -387,10 +399,7 @@ def draw(
     *,
     num_candidates: int,
     seed: int,
-    cfg_scale: float,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
+    params: Any,
     batch_size: int,
     on_batch: Any = None,
 ) -> Iterator[tuple[int, Any]]:
@@ -399,7 +408,7 @@ def draw(
     Yields ``(position, codes)`` with a prompt's (N, tokens) codes as soon as all
     N are drawn.  Candidate ``k`` of prompt ``id`` is drawn with
     :func:`candidate_seed` ``(seed, id, k)``, so the codes do not depend on the
-    batching.  ``on_batch(rows)`` is called after each batch (progress bars).
+    batching.  ``params`` are the family's generation parameters.  ``on_batch(rows)`` is called after each batch (progress bars).
     """
     import torch
 
@@ -410,10 +419,7 @@ def draw(
         codes = adapter.generate(
             [prompts[i][1] for i, _ in chunk],
             seeds=[candidate_seed(seed, prompts[i][0], k) for i, k in chunk],
-            cfg_scale=cfg_scale,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
+            params=params,
         ).cpu()
         for (i, _k), row in zip(chunk, codes):
             drawn.setdefault(i, []).append(row)
@@ -430,7 +436,7 @@ def judge_candidates(adapter: Any, codes: Any, question: str) -> tuple[list[Any]
     return images, p_yes
 
 
-def _draw_and_judge(adapter, config, prompts, mine, out, meta, dist, resumed: int) -> None:
+def _draw_and_judge(adapter, config, params, prompts, mine, out, meta, dist, resumed: int) -> None:
     n = config.num_candidates
     bar = None
     if config.progress and dist.rank == 0:
@@ -447,8 +453,7 @@ def _draw_and_judge(adapter, config, prompts, mine, out, meta, dist, resumed: in
     judged = accepted = 0
     todo = [(prompts[i].id, prompts[i].text) for i in mine]
     for pos, codes in draw(
-        adapter, todo, num_candidates=n, seed=config.seed, cfg_scale=config.cfg_scale,
-        temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, batch_size=config.batch_size,
+        adapter, todo, num_candidates=n, seed=config.seed, params=params, batch_size=config.batch_size,
         on_batch=None if bar is None else bar.update,
     ):
         i = mine[pos]

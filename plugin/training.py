@@ -1,7 +1,7 @@
 """Host-independent pieces of unified-model training (SFT and DPO losses).
 
-The bridge's trainer subclasses are thin: they call into here.  The loss is
-computed *inside* the model's forward (a dispatching ``forward`` installed on
+The host's trainer subclasses are thin: they call into here, and here every
+loss comes from the model's family.  The loss is computed *inside* the model's forward (a dispatching ``forward`` installed on
 the model instance) so that DDP, DeepSpeed and FSDP wrappers, which only hook
 ``forward``, see and synchronise every parameter the loss uses.
 """
@@ -15,11 +15,9 @@ from typing import Any
 import torch
 
 from .models import adapter_class_for
-from .models.base import TargetNLL
 
 #: keyword the trainers pass through every wrapper to reach unigap's forward
 FORWARD_KEY = "unigap"
-_BATCH_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids")
 
 
 def unwrap_model(model: Any) -> Any:
@@ -35,16 +33,20 @@ def unwrap_model(model: Any) -> Any:
 
 
 def adapter_for_model(model: Any, tokenizer: Any) -> Any | None:
-    """An adapter for a (possibly wrapped) unified model, or None for other models."""
+    """The family's adapter for a (possibly wrapped) unified model, or None for other models."""
     base = unwrap_model(model)
     cls = adapter_class_for(getattr(base, "config", None))
     return None if cls is None else cls(base, tokenizer)
 
 
 def install_forward(model: Any, adapter: Any) -> None:
-    """Make ``model(..., unigap={...})`` compute unigap's losses; other calls are unchanged.
+    """Make ``model(..., unigap={...})`` compute the family's losses; other calls are unchanged.
 
-    The patch is an instance attribute (the checkpoint's class, and so its saved
+    Requests: ``{"mode": "sft", "prompt_dropout", "gen_weight", "step"}`` returns
+    the family's :meth:`~unigap.models.base.UnifiedAdapter.sft_loss` dict;
+    ``{"mode": "logps", "average", "step"}`` returns ``{"logps", "length"}`` from
+    its :meth:`~unigap.models.base.UnifiedAdapter.sequence_logps`.  The patch is
+    an instance attribute (the checkpoint's class, and so its saved
     ``architectures``, stay the transformers class).
     """
     base = unwrap_model(model)
@@ -58,42 +60,17 @@ def install_forward(model: Any, adapter: Any) -> None:
         request = kwargs.pop(FORWARD_KEY, None)
         if request is None:
             return original(self, *args, **kwargs)
-        batch = {k: kwargs[k] for k in _BATCH_KEYS if kwargs.get(k) is not None}
-        tnll = self._unigap_adapter.target_nll(self, batch, prompt_dropout=request.get("prompt_dropout", 0.0))
+        family = self._unigap_adapter
+        batch = {k: kwargs[k] for k in family.batch_keys if kwargs.get(k) is not None}
+        step = int(request.get("step", 0))
         if request.get("mode") == "sft":
-            return sft_loss(tnll, gen_weight=request.get("gen_weight", 1.0))
-        return {"nll": tnll.nll, "text_mask": tnll.text_mask, "gen_mask": tnll.gen_mask}
+            return family.sft_loss(self, batch, prompt_dropout=request.get("prompt_dropout", 0.0),
+                                   gen_weight=request.get("gen_weight", 1.0), step=step)
+        logps, length = family.sequence_logps(self, batch, average=bool(request.get("average")), step=step)
+        return {"logps": logps, "length": length}
 
     base.forward = types.MethodType(forward, base)
     base._unigap_forward_installed = True
-
-
-def sft_loss(tnll: TargetNLL, gen_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    """Mean NLL over all targets, image codes weighted by ``gen_weight``; plus per-head stats."""
-    text_sum = (tnll.nll * tnll.text_mask).sum()
-    gen_sum = (tnll.nll * tnll.gen_mask).sum()
-    n_text = tnll.text_mask.sum()
-    n_gen = tnll.gen_mask.sum()
-    total = (n_text + n_gen).clamp(min=1)
-    # the sums stay connected to the graph even when a batch has no target (DDP needs that)
-    loss = (text_sum + gen_weight * gen_sum) / total
-    return {
-        "loss": loss,
-        "text_nll_sum": text_sum.detach(),
-        "gen_nll_sum": gen_sum.detach(),
-        "n_text": n_text.detach(),
-        "n_gen": n_gen.detach(),
-    }
-
-
-def sequence_logps(out: dict[str, torch.Tensor], average: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sequence sum (or mean) of target log-probs, and the number of targets."""
-    mask = out["text_mask"] | out["gen_mask"]
-    length = mask.sum(-1)
-    logps = -(out["nll"] * mask).sum(-1)
-    if average:
-        logps = logps / length.clamp(min=1)
-    return logps, length
 
 
 class RunningStats:

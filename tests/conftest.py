@@ -80,7 +80,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def example_data(tiny_model, tmp_path_factory) -> Path:
-    from unigap.data_builders.examples import write_example_datasets
+    from unigap.shapesworld.examples import write_example_datasets
 
     out = tmp_path_factory.mktemp("data") / "examples"
     write_example_datasets(tiny_model, out)

@@ -62,7 +62,7 @@ def answer_logp(model, tokenizer, processor, image, question: str, answer: str) 
 def write_gen_dataset(root: Path, name: str, rows, model, tokenizer, ranking: bool = False) -> None:
     """Write generation rows (prompt, codes) or DPO rows (prompt, chosen codes, rejected codes)."""
     from unigap.codes import save_gen_image
-    from unigap.data_builders.sharegpt import dataset_info_entry, gen_dpo_row, gen_sft_row
+    from unigap.host.llamafactory.datasets import dataset_info_entry, gen_dpo_row, gen_sft_row
     from unigap.models.janus import JanusAdapter
 
     adapter = JanusAdapter(model, tokenizer)

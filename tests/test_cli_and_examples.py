@@ -31,6 +31,7 @@ def test_tiny_model_command_writes_a_loadable_janus(tmp_path):
 def test_generate_command_writes_png_and_exact_codes(tmp_path, tiny_model, tiny):
     from unigap.codes import load_codes
     from unigap.models.janus import JanusAdapter
+    from unigap.seeds import image_seed
 
     out = tmp_path / "gen"
     cmd = [str(BIN / "unigap"), "generate", "--model", str(tiny_model), "--prompt", "a red square",
@@ -41,7 +42,7 @@ def test_generate_command_writes_png_and_exact_codes(tmp_path, tiny_model, tiny)
     assert [p.name for p in pngs] == ["prompt000_00.png", "prompt000_01.png", "prompt001_00.png", "prompt001_01.png"]
     model, tokenizer, _ = tiny
     adapter = JanusAdapter(model, tokenizer)
-    seeds = [3 * 1_000_003 + i * 1009 + k for i in range(2) for k in range(2)]
+    seeds = [image_seed(3, i, k) for i in range(2) for k in range(2)]
     expected = adapter.generate(["a red square"] * 2 + ["a blue circle"] * 2, seeds=seeds)
     got = torch.tensor([load_codes(p.with_name(p.stem + ".codes.npy"), adapter.spec).tolist() for p in pngs])
     assert torch.equal(got, expected), "codes on disk must be exactly what was generated"

@@ -14,9 +14,9 @@ from unigap.curriculum import (
     CurriculumSampler,
     align,
     difficulty_of,
-    read_metadata,
     share,
 )
+from unigap.host.llamafactory.datasets import read_metadata
 
 
 def test_pacing_schedules():

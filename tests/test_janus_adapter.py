@@ -216,7 +216,7 @@ def test_training_template_matches_the_inference_prompts(adapter, tiny, tmp_path
 
 def test_direct_decoder_steps_equal_the_language_models_forward(tiny, monkeypatch):
     """The fast one-token decoding path gives the codes of LlamaModel.forward, padded batch included."""
-    import unigap.models.janus as janus
+    import unigap.models.janus.adapter as janus
 
     model, tokenizer, _ = tiny
     adapter = janus.JanusAdapter(model, tokenizer)

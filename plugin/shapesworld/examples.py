@@ -19,7 +19,8 @@ import random
 from pathlib import Path
 
 from ..fsutil import atomic_directory
-from .sharegpt import dataset_info_entry, gen_dpo_row, gen_sft_row, und_sft_row
+from ..host.llamafactory.datasets import FORMAT
+from ..samples import GenSample, PairSample, UndSample
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
 SHAPES = ("square", "circle")
@@ -43,8 +44,8 @@ def is_shapesworld_model(model_dir: str | Path) -> bool:
 def shapesworld_example_queries(model_dir: str | Path, per_category: int = 2) -> list:
     """A fixed handful of the world's prompts: the first ``per_category`` of each category, in file order
     (the model's training prompts when it ships ``prompts/train.jsonl``, else every prompt of the world)."""
-    from ..shapesworld.data import read_prompt_file
-    from ..shapesworld.world import all_queries
+    from .data import read_prompt_file
+    from .world import all_queries
 
     path = Path(model_dir) / "prompts" / "train.jsonl"
     queries = read_prompt_file(path) if path.is_file() else all_queries()
@@ -64,7 +65,7 @@ def _generic_und_rows(root: Path, rng: random.Random) -> list[dict]:
         draw_shape(colour, shape).save(root / rel)
         asked = (colour, shape) if rng.random() < 0.5 else (rng.choice([c for c in COLOURS if c != colour]), shape)
         answer = "Yes" if asked == (colour, shape) else "No"
-        und.append(und_sft_row(rel, JUDGE_QUESTION.format(prompt=f"a {asked[0]} {asked[1]}"), answer))
+        und.append(FORMAT.render(UndSample(rel, JUDGE_QUESTION.format(prompt=f"a {asked[0]} {asked[1]}"), answer)))
     return und
 
 
@@ -72,8 +73,8 @@ def _shapesworld_und_rows(root: Path, queries: list, seed: int) -> list[dict]:
     """Per prompt: a correct image and a near miss, asked the judge's question; answers from the exact oracle."""
     from PIL import Image
 
-    from ..shapesworld.data import near_miss, yes_no_item
-    from ..shapesworld.world import render_scene, sample_scene
+    from .data import near_miss, yes_no_item
+    from .world import render_scene, sample_scene
 
     rng = random.Random(f"unigap-example-und-{seed}")
     und = []
@@ -82,20 +83,18 @@ def _shapesworld_und_rows(root: Path, queries: list, seed: int) -> list[dict]:
             item = yes_no_item(scene, query)
             rel = f"images/scene_{len(und):03d}.png"
             Image.fromarray(render_scene(item.scene)).save(root / rel)
-            und.append(und_sft_row(rel, item.question, item.answer))
+            und.append(FORMAT.render(UndSample(rel, item.question, item.answer)))
     return und
 
 
 def write_example_datasets(model_dir: str | Path, out_dir: str | Path, seed: int = 0, overwrite: bool = False):
-    """Write the three example datasets and their ``dataset_info.json`` (atomically)."""
+    """Write the three example datasets and the host's index of them (atomically)."""
     import torch
-    from transformers import AutoTokenizer, JanusForConditionalGeneration
 
     from ..codes import save_gen_image
-    from ..models.janus import JanusAdapter
+    from ..loading import load_unified
 
-    model = JanusForConditionalGeneration.from_pretrained(model_dir).eval()
-    adapter = JanusAdapter(model, AutoTokenizer.from_pretrained(model_dir))
+    adapter = load_unified(str(model_dir), device="cpu", dtype="float32")
     shapesworld = is_shapesworld_model(model_dir)
     if shapesworld:
         queries = shapesworld_example_queries(model_dir)
@@ -111,7 +110,7 @@ def write_example_datasets(model_dir: str | Path, out_dir: str | Path, seed: int
         for i, (prompt, image) in enumerate(zip(prompts, adapter.decode_codes(sft_codes))):
             rel = f"images/gen_{i:03d}.png"
             save_gen_image(root / rel, image, sft_codes[i].tolist())
-            sft.append(gen_sft_row(prompt, rel))
+            sft.append(FORMAT.render(GenSample(prompt, rel)))
 
         pair_codes = adapter.generate(
             [p for p in prompts for _ in range(2)], seeds=[seed * 1000 + 500 + i for i in range(2 * len(prompts))]
@@ -127,14 +126,14 @@ def write_example_datasets(model_dir: str | Path, out_dir: str | Path, seed: int
                 rel = f"images/pair_{i:03d}_{tag}.png"
                 save_gen_image(root / rel, pair_images[j], pair_codes[j].tolist())
                 rels.append(rel)
-            dpo.append(gen_dpo_row(prompt, *rels))
+            dpo.append(FORMAT.render(PairSample(prompt, *rels)))
 
         und = _shapesworld_und_rows(root, queries, seed) if shapesworld else _generic_und_rows(root, rng)
 
         info = {}
         for name, rows, ranking in (("gen_sft", sft, False), ("gen_dpo", dpo, True), ("und_sft", und, False)):
             (root / f"{name}.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
-            info[f"unigap_{name}"] = dataset_info_entry(f"{name}.json", ranking=ranking)
+            info[f"unigap_{name}"] = FORMAT.entry(f"{name}.json", ranking=ranking)
             counts[f"unigap_{name}"] = len(rows)
-        (root / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        FORMAT.write_index(root, info)
     return counts

@@ -1,7 +1,7 @@
 """ShapesWorld training data in LLaMA-Factory's sharegpt format (rows the unigap plugin accepts).
 
 One dataset per training phase, one folder: ``data.json`` + ``images/`` (+
-``dataset_info.json`` listing it).  Rows come in blocks of one optimiser step
+the host's dataset index listing it).  Rows come in blocks of one optimiser step
 each (``mix`` rows of every kind, shuffled inside the block), to be read in
 order (``disable_shuffling: true``, ``per_device_train_batch_size`` = block
 size): every step then sees the intended mix, and the understanding negatives
@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 from ..codes import CODES_SUFFIX
-from ..data_builders.sharegpt import dataset_info_entry, gen_sft_row, und_sft_row
-from ..fsutil import atomic_directory, write_text_atomic
+from ..host.llamafactory.datasets import FORMAT, gen_sft_row, und_sft_row
+from ..fsutil import atomic_directory
 from .data import UndItem, caption_item, caption_scene, training_item
 from .world import Query, cell_grid, render_scene, sample_scene
 
@@ -56,7 +56,7 @@ def write_phase_dataset(
     hardness_ramp: float = 0.3,
     balance_levels: Sequence[str] = ("gen",),
 ) -> dict[str, int]:
-    """Write ``dataset_dir/name/`` (atomically) and register it in ``dataset_dir/dataset_info.json``.
+    """Write ``dataset_dir/name/`` (atomically) and register it in the host's dataset index of ``dataset_dir``.
 
     ``steps`` blocks of ``mix`` rows.  Hardness of the negatives goes linearly
     from ``hardness_start`` to 1 over the first ``hardness_ramp`` of the blocks.
@@ -111,8 +111,7 @@ def write_phase_dataset(
                     rows.append(und_sft_row(rel, item.question, item.answer))
                 counts[kind] += 1
         (tmp / "data.json").write_text(json.dumps(rows))
-    info_path = dataset_dir / "dataset_info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    info[name] = dataset_info_entry(f"{name}/data.json")
-    write_text_atomic(info_path, json.dumps(info, indent=2) + "\n")
+    info = FORMAT.read_index(dataset_dir)
+    info[name] = FORMAT.entry(f"{name}/data.json")
+    FORMAT.write_index(dataset_dir, info)
     return counts
