@@ -5,16 +5,16 @@ single line calls :func:`install` when the interpreter starts (in every
 process: the CLI, torchrun workers, notebooks).  :func:`install` only puts a
 small finder at the front of ``sys.meta_path``; the finder does nothing until
 one of the LLaMA-Factory modules in :data:`HOOKED` is imported.  Right after
-such a module has executed, :mod:`unigap.bridge` registers unigap's templates,
-multimodal plugin, arguments and trainers with it.
+such a module has executed, the host bridge :mod:`unigap.host.llamafactory`
+registers unigap's templates, multimodal plugin, arguments and trainers with it.
 
 This module runs in every Python process of the environment, so it imports
 nothing but ``os`` and ``sys`` (both already loaded at start-up) and never
 imports torch, transformers or LLaMA-Factory itself.  ``UNIGAP_DISABLE=1``
-turns the whole plugin off.
+turns the whole plugin off.  (No ``from __future__ import annotations`` here:
+that statement imports the ``__future__`` module, a measurable part of the
+hook's start-up cost.)
 """
-
-from __future__ import annotations
 
 import os
 import sys
@@ -80,7 +80,7 @@ class UnigapFinder:
 
 def _on_loaded(module) -> None:
     try:
-        from unigap import bridge
+        from unigap.host import llamafactory as bridge
     except ImportError:  # the package was removed while the process ran
         return
     bridge.on_host_module_loaded(module)
