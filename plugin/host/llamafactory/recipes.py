@@ -79,7 +79,7 @@ class Recipe:
 
 
 def model_template(model: str) -> str:
-    """The host template of the checkpoint's model family (``janus`` for Janus / Janus-Pro)."""
+    """The host template name of the checkpoint's model family (the family's ``template``)."""
     from ...models import family_for_checkpoint
 
     return family_for_checkpoint(str(model)).template
