@@ -68,7 +68,7 @@ def _train(work: Path, model: Path, data: Path, name: str, epochs: int, curricul
 
 def bench_training(repeats: int, epochs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        from unigap.tiny import build_tiny_janus
+        from unigap.models.janus.tiny import build_tiny_janus
 
         work = Path(tmp)
         model = build_tiny_janus(work / "tiny-janus")

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from unigap.models.janus import JanusAdapter
-from unigap.tiny import TinySpec, build_tiny_janus
+from unigap.models.janus.tiny import TinySpec, build_tiny_janus
 from unigap.models.base import weighted_sft_loss as sft_loss
 
 

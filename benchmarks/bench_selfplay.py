@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from unigap.models.janus import JanusAdapter
-from unigap.tiny import TinySpec, build_tiny_janus
+from unigap.models.janus.tiny import TinySpec, build_tiny_janus
 
 SIZES = {
     "tiny": TinySpec(),  # the embedded default: 32 px, 16 image tokens, hidden 64, 2 layers

@@ -6,25 +6,42 @@ import argparse
 import os
 import sys
 import time
+from typing import Any
 
 from .errors import UnigapError
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
-    from .tiny import TinySpec, build_tiny_janus
+    import dataclasses
 
+    from .models import family_named
+
+    family = family_named(args.family)
+    fields = {f.name for f in dataclasses.fields(family.tiny_spec)}
+    given = {k: getattr(args, k) for k in _tiny_keys() if getattr(args, k, None) is not None}
+    unknown = [k for k in given if k not in fields]
+    if unknown:
+        raise UnigapError(f"{', '.join('--' + k.replace('_', '-') for k in unknown)}: not an option of a tiny "
+                          f"{family.family} model")
     start = time.perf_counter()
-    spec = TinySpec(
-        seed=args.seed,
-        image_size=args.image_size,
-        patch_size=args.patch_size,
-        codebook_size=args.codebook_size,
-        hidden_size=args.hidden_size,
-        num_layers=args.num_layers,
-    )
-    path = build_tiny_janus(args.out, spec, overwrite=args.force)
-    print(f"unigap: wrote a tiny random Janus model to {path} in {time.perf_counter() - start:.1f}s")
+    path = family.build_tiny(args.out, family.tiny_spec(**given), overwrite=args.force)
+    print(f"unigap: wrote a tiny random {family.family} model to {path} in {time.perf_counter() - start:.1f}s")
     return 0
+
+
+def _tiny_keys() -> dict[str, tuple[type, Any, str]]:
+    """Every family's tiny-model size: name -> (type, default, family)."""
+    import dataclasses
+    import typing
+
+    from .models import adapter_classes
+
+    out: dict[str, tuple[type, Any, str]] = {}
+    for family in adapter_classes():
+        hints = typing.get_type_hints(family.tiny_spec)
+        for f in dataclasses.fields(family.tiny_spec):
+            out.setdefault(f.name, (hints[f.name], f.default, family.family))
+    return out
 
 
 def _cmd_example_data(args: argparse.Namespace) -> int:
@@ -165,14 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unigap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tiny = sub.add_parser("tiny-model", help="write a tiny random Janus checkpoint (offline, seconds)")
+    from .models import supported_types
+
+    families = supported_types()
+    tiny = sub.add_parser("tiny-model", help="write a tiny random checkpoint of a model family (offline, seconds)")
     tiny.add_argument("--out", required=True, help="directory to create")
-    tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--image-size", type=int, default=32, help="pixels per side of a generated image")
-    tiny.add_argument("--patch-size", type=int, default=8, help="pixels per image token (a power of two)")
-    tiny.add_argument("--codebook-size", type=int, default=64)
-    tiny.add_argument("--hidden-size", type=int, default=64)
-    tiny.add_argument("--num-layers", type=int, default=2)
+    tiny.add_argument("--family", choices=families, default=families[0], help=f"default: {families[0]}")
+    for key, (kind, default, family) in _tiny_keys().items():
+        tiny.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, default=None,
+                          help=f"{family}: default {default}")
     tiny.add_argument("--force", action="store_true", help="replace an existing directory")
     tiny.set_defaults(func=_cmd_tiny_model)
 

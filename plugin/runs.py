@@ -18,6 +18,10 @@ A record (one line of ``records.jsonl``)::
 
 ``difficulty`` and ``category`` are strings or null.  Paths are relative to the
 run directory.  ``accepted`` is ``p_yes >= judge_threshold`` of the run.
+
+This module is the one writer (:func:`make_record`, :func:`write_meta`,
+:func:`write_part`, :func:`merge_parts`, :func:`write_summary`) and the one
+reader (:func:`read_meta`, :func:`iter_records`, :func:`parse_record`) of that format.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import UnigapError
+from .fsutil import write_text_atomic
 from .jsonl import parse_object
 
 RUN_FILE = "run.json"
@@ -71,6 +76,68 @@ def codes_name(prompt_index: int, candidate: int) -> str:
 
 def part_name(prompt_index: int) -> str:
     return f"{PARTS_DIR}/{prompt_index:06d}.jsonl"
+
+
+def make_record(
+    *,
+    prompt_index: int,
+    prompt_id: str,
+    prompt: str,
+    difficulty: str | None,
+    category: str | None,
+    candidate: int,
+    seed: int,
+    p_yes: float,
+    threshold: float,
+    model_fingerprint: str,
+    config_fingerprint: str,
+) -> dict[str, Any]:
+    """One record, its keys in :data:`RECORD_KEYS` order (``accepted`` = ``p_yes >= threshold``)."""
+    return {
+        "prompt_index": prompt_index,
+        "prompt_id": prompt_id,
+        "prompt": prompt,
+        "difficulty": difficulty,
+        "category": category,
+        "candidate": candidate,
+        "seed": seed,
+        "p_yes": p_yes,
+        "accepted": bool(p_yes >= threshold),
+        "image": image_name(prompt_index, candidate),
+        "codes": codes_name(prompt_index, candidate),
+        "model_fingerprint": model_fingerprint,
+        "config_fingerprint": config_fingerprint,
+    }
+
+
+def record_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False)
+
+
+def write_meta(run_dir: str | os.PathLike, meta: dict[str, Any]) -> None:
+    """``run.json`` (atomic): written first, before any image."""
+    write_text_atomic(Path(run_dir) / RUN_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_part(run_dir: str | os.PathLike, prompt_index: int, records: list[dict[str, Any]]) -> None:
+    """Publish one finished prompt's records (atomic): the prompt is done iff its part exists."""
+    write_text_atomic(Path(run_dir) / part_name(prompt_index), "".join(record_line(r) + "\n" for r in records))
+
+
+def merge_parts(run_dir: str | os.PathLike, num_prompts: int) -> list[dict[str, Any]]:
+    """Merge the parts of prompts ``0 .. num_prompts - 1`` in order into ``records.jsonl`` (atomic)."""
+    run_dir = Path(run_dir)
+    missing = [i for i in range(num_prompts) if not (run_dir / part_name(i)).is_file()]
+    if missing:
+        raise RunError(f"{len(missing)} prompts have no records after all ranks finished (first: index {missing[0]})")
+    text = "".join((run_dir / part_name(i)).read_text(encoding="utf-8") for i in range(num_prompts))
+    write_text_atomic(run_dir / RECORDS_FILE, text)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def write_summary(run_dir: str | os.PathLike, summary: dict[str, Any]) -> None:
+    """``summary.json`` (atomic): written last, it marks the run complete."""
+    write_text_atomic(Path(run_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
 
 
 def resolve_inside(run_dir: str | os.PathLike, rel: Any, what: str = "path") -> Path:

@@ -35,7 +35,6 @@ from typing import Any, Iterator, Sequence
 from . import __version__
 from .codes import save_gen_image
 from .errors import UnigapError
-from .fsutil import write_text_atomic
 from .prompts import Prompt, load_prompt_dataset, load_prompt_file
 from .report import summarize
 from .seeds import candidate_seed
@@ -46,10 +45,14 @@ from .runs import (
     RECORDS_FILE,
     RUN_FILE,
     SUMMARY_FILE,
-    codes_name,
+    RunError,
     finished_parts,
     image_name,
-    part_name,
+    make_record,
+    merge_parts,
+    write_meta,
+    write_part,
+    write_summary,
 )
 
 DEFAULT_QUESTION = "Does this image show {prompt}?"
@@ -366,7 +369,7 @@ def run_selfplay(config: SelfPlayConfig) -> dict[str, Any]:
                 )
         elif dist.rank == 0:
             # everything that affects results is fixed here, before the first image
-            write_text_atomic(run_file, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+            write_meta(out, meta)
         if not dist.all_ok(ok):
             raise error or SelfPlayError("another rank refused to resume (different configuration)")
 
@@ -469,40 +472,35 @@ def _finish_prompt(adapter, config, prompt: Prompt, index: int, codes, out: Path
     """Decode and judge one prompt's candidates together, write them, then publish its records."""
     question = config.judge_question.format(prompt=prompt.text)
     images, p_yes = judge_candidates(adapter, codes, question)
-    lines, accepted = [], 0
+    records, accepted = [], 0
     for k, (image, code_row, p) in enumerate(zip(images, codes.tolist(), p_yes)):
         save_gen_image(out / image_name(index, k), image, code_row)
-        ok = bool(p >= config.judge_threshold)
-        accepted += ok
-        record = {
-            "prompt_index": index,
-            "prompt_id": prompt.id,
-            "prompt": prompt.text,
-            "difficulty": prompt.difficulty,
-            "category": prompt.category,
-            "candidate": k,
-            "seed": candidate_seed(config.seed, prompt.id, k),
-            "p_yes": p,
-            "accepted": ok,
-            "image": image_name(index, k),
-            "codes": codes_name(index, k),
-            "model_fingerprint": meta["model_fingerprint"],
-            "config_fingerprint": meta["config_fingerprint"],
-        }
-        lines.append(json.dumps(record, ensure_ascii=False))
-    write_text_atomic(out / part_name(index), "\n".join(lines) + "\n")
+        record = make_record(
+            prompt_index=index,
+            prompt_id=prompt.id,
+            prompt=prompt.text,
+            difficulty=prompt.difficulty,
+            category=prompt.category,
+            candidate=k,
+            seed=candidate_seed(config.seed, prompt.id, k),
+            p_yes=p,
+            threshold=config.judge_threshold,
+            model_fingerprint=meta["model_fingerprint"],
+            config_fingerprint=meta["config_fingerprint"],
+        )
+        accepted += record["accepted"]
+        records.append(record)
+    write_part(out, index, records)
     return accepted
 
 
 def _finish(out: Path, prompts: list[Prompt], config: SelfPlayConfig) -> dict[str, Any]:
     """Merge the parts in prompt order, write the summary (the completion mark), drop the parts."""
-    missing = [i for i in range(len(prompts)) if not (out / part_name(i)).is_file()]
-    if missing:
-        raise SelfPlayError(f"{len(missing)} prompts have no records after all ranks finished (first: index {missing[0]})")
-    text = "".join((out / part_name(i)).read_text(encoding="utf-8") for i in range(len(prompts)))
-    write_text_atomic(out / RECORDS_FILE, text)
-    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    try:
+        records = merge_parts(out, len(prompts))
+    except RunError as err:
+        raise SelfPlayError(str(err)) from None
     summary = summarize(records, config.num_candidates)
-    write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_summary(out, summary)
     shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
     return summary

@@ -1,6 +1,6 @@
 """One offline byte-level BPE tokenizer builder (no download, seconds on a CPU).
 
-The tiny test model (``unigap.tiny``) and the ShapesWorld model
+The families' tiny test models (``unigap.models.<family>.tiny``) and the ShapesWorld model
 (``unigap.shapesworld.model``) both train their text tokenizer here, on their own
 corpus.  Nothing in it is specific to a model family: the family passes its
 special tokens, the tokens' roles, the ``transformers`` class to wrap the

@@ -73,7 +73,7 @@ def base_config(model: Path, dataset_dir: Path, dataset: str, out: Path, **overr
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from unigap.tiny import build_tiny_janus
+    from unigap.models.janus.tiny import build_tiny_janus
 
     return build_tiny_janus(tmp_path_factory.mktemp("models") / "tiny-janus")
 

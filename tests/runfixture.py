@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,21 +23,11 @@ QUESTION = "Does this image show {prompt}?"
 
 
 def _record(index: int, prompt: dict[str, Any], k: int, seed: int, p: float, threshold: float, fps: tuple[str, str]):
-    return {
-        "prompt_index": index,
-        "prompt_id": prompt.get("id", f"p{index}"),
-        "prompt": prompt["prompt"],
-        "difficulty": prompt.get("difficulty"),
-        "category": prompt.get("category"),
-        "candidate": k,
-        "seed": seed,
-        "p_yes": p,
-        "accepted": bool(p >= threshold),
-        "image": f"images/{index:06d}-{k:03d}.png",
-        "codes": f"images/{index:06d}-{k:03d}.codes.npy",
-        "model_fingerprint": fps[0],
-        "config_fingerprint": fps[1],
-    }
+    from unigap.runs import make_record
+
+    return make_record(prompt_index=index, prompt_id=prompt.get("id", f"p{index}"), prompt=prompt["prompt"],
+                       difficulty=prompt.get("difficulty"), category=prompt.get("category"), candidate=k, seed=seed,
+                       p_yes=p, threshold=threshold, model_fingerprint=fps[0], config_fingerprint=fps[1])
 
 
 def _meta(model: str, spec: dict[str, Any], num_candidates: int, threshold: float, fps: tuple[str, str], n: int):
@@ -81,13 +72,12 @@ def make_run(
     ``finished`` prompts (a run still in progress).
     """
     from unigap.codes import save_gen_image
+    from unigap.runs import merge_parts, write_meta, write_part, write_summary
 
     if adapter is None:
-        from transformers import AutoTokenizer, JanusForConditionalGeneration
-        from unigap.models.janus import JanusAdapter
+        from unigap.loading import load_unified
 
-        model = JanusForConditionalGeneration.from_pretrained(model_dir).eval()
-        adapter = JanusAdapter(model, AutoTokenizer.from_pretrained(model_dir))
+        adapter = load_unified(str(model_dir), device="cpu", dtype="float32")
     out = Path(out)
     (out / "images").mkdir(parents=True)
     spec = adapter.spec
@@ -102,7 +92,7 @@ def make_run(
     config_fp = hashlib.sha256(f"{model_fingerprint}-{num_candidates}-{threshold}-{seed}".encode()).hexdigest()[:16]
     fps = (model_fingerprint, config_fp)
     meta = _meta(str(model_dir), spec_d, num_candidates, threshold, fps, len(prompts))
-    (out / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_meta(out, meta)
 
     jobs = [(i, k) for i in range(len(prompts)) for k in range(num_candidates)]
     seeds = [seed * 1_000_003 + i * 1009 + k for i, k in jobs]
@@ -115,16 +105,14 @@ def make_run(
             p = float(p_yes(i, k))
         save_gen_image(out / f"images/{i:06d}-{k:03d}.png", image, row)
         records.append(_record(i, prompts[i], k, s, p, threshold, fps))
-    lines = [json.dumps(r) for r in records]
+    (out / "parts").mkdir()
+    done = len(prompts) if (complete or finished is None) else finished
+    for i in range(done):
+        write_part(out, i, [r for r in records if r["prompt_index"] == i])
     if complete:
-        (out / "records.jsonl").write_text("\n".join(lines) + "\n")
-        (out / "summary.json").write_text(json.dumps(_summary(records)) + "\n")
-    else:
-        (out / "parts").mkdir()
-        done = len(prompts) if finished is None else finished
-        for i in range(done):
-            mine = [line for line, r in zip(lines, records) if r["prompt_index"] == i]
-            (out / f"parts/{i:06d}.jsonl").write_text("\n".join(mine) + "\n")
+        merge_parts(out, len(prompts))
+        shutil.rmtree(out / "parts")
+        write_summary(out, _summary(records))
     return out
 
 
@@ -147,6 +135,7 @@ def write_synthetic_run(
     import numpy as np
     from PIL import Image
     from unigap.codes import save_gen_image
+    from unigap.runs import record_line
 
     out = Path(out)
     images = out / "images"
@@ -179,7 +168,7 @@ def write_synthetic_run(
                 png, codes = template(i * num_candidates + k)
                 os.link(png, images / f"{i:06d}-{k:03d}.png")
                 os.link(codes, images / f"{i:06d}-{k:03d}.codes.npy")
-                lines.append(json.dumps(record))
+                lines.append(record_line(record))
             handle.write("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps({"records": num_prompts * num_candidates, "accepted": accepted}))
     return out

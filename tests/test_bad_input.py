@@ -82,7 +82,7 @@ def test_cutoff_len_that_cuts_an_image(tmp_path, tiny_model, broken_data):
 def test_non_janus_model_with_janus_template(tmp_path, broken_data):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from unigap.tiny import TinySpec, build_tokenizer
+    from unigap.models.janus.tiny import TinySpec, build_tokenizer
 
     model_dir = tmp_path / "llama"
     tokenizer = build_tokenizer(TinySpec())

@@ -18,6 +18,8 @@ import torch
 
 from conftest import BIN, ROOT, base_config, lf_train, run
 
+pytestmark = pytest.mark.e2e
+
 RECORD = {"UNIGAP_RECORD_ORDER": "1"}
 LEVEL = {"easy": 0, "medium": 1, "hard": 2}
 N = 2

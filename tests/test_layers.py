@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("families", ["unigap.models"]),
     ("core", [
         "unigap.loading", "unigap.training", "unigap.selfplay", "unigap.report", "unigap.curriculum",
-        "unigap.replay", "unigap.tiny", "unigap.data_builders",
+        "unigap.replay", "unigap.data_builders",
     ]),
     ("host", ["unigap.host"]),
     ("examples", ["unigap.shapesworld"]),

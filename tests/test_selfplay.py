@@ -181,6 +181,7 @@ LAUNCHERS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_two_processes_equal_one_process(launcher, reference_run, tiny_model, prompts_file, tmp_path):
     out = tmp_path / "ddp"

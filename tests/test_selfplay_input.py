@@ -96,7 +96,7 @@ def test_adapter_that_does_not_fit_the_model_is_refused(tiny_model, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import JanusForConditionalGeneration
 
-    from unigap.tiny import TinySpec, build_tiny_janus
+    from unigap.models.janus.tiny import TinySpec, build_tiny_janus
 
     other = build_tiny_janus(tmp_path / "other", TinySpec(hidden_size=32, num_heads=2))
     lora = tmp_path / "lora"

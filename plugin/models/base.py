@@ -33,6 +33,8 @@ from ..errors import UnigapError
 from ..suggest import did_you_mean
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
     from PIL.Image import Image
 
@@ -337,6 +339,15 @@ class UnifiedAdapter(ABC):
         number of targets.  A family whose likelihood is estimated (masked diffusion) must draw its
         randomness from the row's content and ``step`` only, so that chosen / rejected and policy /
         reference share it and a precomputed reference equals the live one."""
+
+    # ------------------------------------------------------------------ a tiny random checkpoint (tests, trying things)
+    #: the sizes of :meth:`build_tiny`'s model (a dataclass; its fields are ``unigap tiny-model`` options)
+    tiny_spec: ClassVar[type]
+
+    @classmethod
+    @abstractmethod
+    def build_tiny(cls, out_dir: str, spec: Any = None, overwrite: bool = False) -> "Path":
+        """Write a tiny random checkpoint of this family to ``out_dir`` (offline, seconds, atomic)."""
 
     # ------------------------------------------------------------------ probes (evidence, benchmarks)
     @abstractmethod

@@ -181,36 +181,23 @@ def _flat_grad(loss: Any, params: Sequence[Any]) -> Any:
 
 
 def gradient_vectors(adapter: Any, queries: Sequence[Query], rng: random.Random) -> tuple[list[Any], list[Any]]:
-    """Per query: the gradient (over the shared LLM's weights) of the generation loss of a correct
+    """Per query: the gradient (over the weights both branches share) of the generation loss of a correct
     rendered image of it, and of the understanding loss of "does this image show it?" -> Yes."""
-    import torch
     from PIL import Image
 
     from ..selfplay import DEFAULT_QUESTION
     from .world import render
 
-    model, spec, tok = adapter._base(), adapter.spec, adapter.tokenizer
-    params = [p for p in model.model.language_model.parameters()]
+    params = adapter.backbone_parameters()
     for p in params:
         p.requires_grad_(True)
-    yes = adapter.answer_token_ids()[0]
-    side = model.config.vision_config.image_size
     gen, und = [], []
     for q in queries:
         pixels, _ = render(q, rng)
         image = Image.fromarray(pixels)
         codes = adapter.encode_images([image])[0].tolist()
-        head = adapter.gen_prompt_ids(q.text)
-        ids = head + [spec.gen_offset + c for c in codes] + [spec.eoi_token_id, tok.eos_token_id]
-        labels = [-100] * (len(head) - 1) + ids[len(head) - 1 :]
-        out = adapter.target_nll(model, {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels])})
-        gen.append(_flat_grad((out.nll * out.gen_mask).sum() / out.gen_mask.sum(), params))
-        ids = adapter.und_prompt_ids(DEFAULT_QUESTION.format(prompt=q.text)) + [yes]
-        labels = [-100] * (len(ids) - 1) + [yes]
-        batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                 "pixel_values": adapter.pixels([image], size=side, fit="pad")}
-        out = adapter.target_nll(model, batch)
-        und.append(_flat_grad((out.nll * out.text_mask).sum() / out.text_mask.sum(), params))
+        gen.append(_flat_grad(adapter.generation_loss(q.text, codes), params))
+        und.append(_flat_grad(adapter.understanding_loss(image, DEFAULT_QUESTION.format(prompt=q.text), "Yes"), params))
     return gen, und
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..fsutil import atomic_directory
 from ..models.janus import DEFAULT_SYSTEM
-from ..tiny import build_janus, janus_bpe_tokenizer
+from ..models.janus.tiny import build_janus, janus_bpe_tokenizer
 from .data import CAPTION_QUESTION, NO, QUESTION, YES
 from .world import CELL, COLOURS, GRID, PALETTE, PALETTE_ARRAY, RELATIONS, SHAPES, SIZE, all_queries, grid_to_image
 

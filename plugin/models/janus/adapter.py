@@ -27,6 +27,7 @@ from ..base import (
     summed_logps,
     weighted_sft_loss,
 )
+from .tiny import TinySpec, build_tiny_janus
 
 IGNORE_INDEX = -100
 
@@ -71,6 +72,7 @@ class JanusAdapter(UnifiedAdapter):
     family: ClassVar[str] = "janus"
     template: ClassVar[str] = "janus"
     sampling: ClassVar[type[SamplingParams]] = JanusSampling
+    tiny_spec: ClassVar[type] = TinySpec
 
     def __init__(self, model: Any, tokenizer: Any, spec: ModelSpec | None = None, image_mean=None, image_std=None):
         self.model = model
@@ -84,6 +86,10 @@ class JanusAdapter(UnifiedAdapter):
     def matches(cls, config: Any) -> bool:
         model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
         return model_type == "janus"
+
+    @classmethod
+    def build_tiny(cls, out_dir: str, spec: Any = None, overwrite: bool = False) -> Any:
+        return build_tiny_janus(out_dir, spec or TinySpec(), overwrite=overwrite)
 
     @classmethod
     def load_config(cls, path: str) -> Any:

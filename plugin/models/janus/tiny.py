@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .fsutil import atomic_directory
-from .textbpe import build_bpe_tokenizer
+from ...fsutil import atomic_directory
+from ...textbpe import build_bpe_tokenizer
+from ..base import FamilyError
 
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 IMAGE, BOI, EOI = "<image_placeholder>", "<begin_of_image>", "<end_of_image>"
@@ -169,11 +170,11 @@ def build_janus(
     )
 
     if image_size % patch_size:
-        raise ValueError("image_size must be a multiple of patch_size")
+        raise FamilyError("image_size must be a multiple of patch_size")
     side = image_size // patch_size
     downsample = patch_size.bit_length() - 1  # the VQ halves the size once per extra level
     if 2**downsample != patch_size:
-        raise ValueError("patch_size must be a power of two")
+        raise FamilyError("patch_size must be a power of two")
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
     text = LlamaConfig(
         vocab_size=len(tokenizer),
