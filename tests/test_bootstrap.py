@@ -85,6 +85,7 @@ def test_hooked_modules_are_the_bridge_handlers():
     assert set(_bootstrap.HOOKED) == set(bridge.HANDLERS)
 
 
+@pytest.mark.e2e
 def test_every_hook_fires_inside_the_host():
     code = """
 import json, sys
@@ -121,6 +122,7 @@ print(json.dumps({
     }
 
 
+@pytest.mark.e2e
 def test_lazily_built_host_classes_pickle_by_reference():
     """datasets' multiprocessing and dill fingerprints pickle the template and its plugin."""
     dump = "import base64, pickle, llamafactory.data.template as t; print(base64.b64encode(pickle.dumps(t.TEMPLATES['janus'])).decode())"

@@ -252,6 +252,7 @@ def test_dataset_info_merge_never_touches_other_entries(tmp_path, run_dir):
 
 
 # ---------------------------------------------------------------------- atomicity
+@pytest.mark.e2e
 def test_killed_build_leaves_nothing_and_a_rerun_succeeds(tmp_path):
     run = write_synthetic_run(tmp_path / "big", num_prompts=6000, num_candidates=8)
     ds = tmp_path / "ds"
@@ -575,6 +576,7 @@ def test_host_trains_dpo_on_built_pairs(tmp_path, tiny_model, run_dir):
 
 
 # ---------------------------------------------------------------------- a real `unigap selfplay` run
+@pytest.mark.e2e
 def test_builds_from_a_real_selfplay_run(tmp_path, tiny_model):
     from conftest import run
 

@@ -12,6 +12,7 @@ from conftest import BIN, ROOT, run
 DEFAULT_MODEL = ROOT / "models" / "shapes-janus"  # committed (a tiny Janus trained on ShapesWorld)
 
 
+@pytest.mark.e2e
 def test_tiny_model_command_writes_a_loadable_janus(tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
@@ -28,6 +29,7 @@ def test_tiny_model_command_writes_a_loadable_janus(tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
+@pytest.mark.e2e
 def test_generate_command_writes_png_and_exact_codes(tmp_path, tiny_model, tiny):
     from unigap.codes import load_codes
     from unigap.models.janus import JanusAdapter
@@ -50,6 +52,7 @@ def test_generate_command_writes_png_and_exact_codes(tmp_path, tiny_model, tiny)
     assert bad.returncode == 2 and "non-empty" in bad.stderr and not (tmp_path / "x").exists()
 
 
+@pytest.mark.e2e
 def test_generate_rejects_an_adapter_for_another_model(tmp_path, tiny_model):
     other = tmp_path / "other"
     assert run([str(BIN / "unigap"), "tiny-model", "--out", str(other), "--hidden-size", "32"]).returncode == 0
@@ -108,6 +111,7 @@ def test_yaml_examples_run_as_is_from_the_repo_root(tmp_path):
     assert (merged / "model.safetensors").exists() and (merged / "generation_config.json").exists()
 
 
+@pytest.mark.e2e
 def test_shipped_example_data_is_reproducible_from_the_default_model(tmp_path):
     """yaml_examples/data is exactly what `unigap example-data` writes for the embedded default."""
     import filecmp

@@ -23,6 +23,9 @@ from PIL import Image
 
 from conftest import BIN, ENV, ROOT, run
 
+# every test here runs `unigap selfplay` / `unigap report` in subprocesses (torchrun and accelerate too)
+pytestmark = pytest.mark.e2e
+
 PROMPTS = [
     {"id": "e1", "prompt": "a red square", "difficulty": "easy", "category": "colour"},
     {"id": "e2", "prompt": "a blue circle", "difficulty": "easy", "category": "shape"},
@@ -181,7 +184,6 @@ LAUNCHERS = {
 }
 
 
-@pytest.mark.e2e
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_two_processes_equal_one_process(launcher, reference_run, tiny_model, prompts_file, tmp_path):
     out = tmp_path / "ddp"
