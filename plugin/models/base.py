@@ -25,6 +25,7 @@ What a family implements (abstract below, each documented where declared):
 from __future__ import annotations
 
 import dataclasses
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
@@ -133,10 +134,10 @@ class SamplingParams:
             if key not in known:
                 raise FamilyError(f"{where}unknown generation key '{prefix}{key}'{did_you_mean(key, known)} "
                                   f"(this family's keys: {', '.join(prefix + k for k in known)})")
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
         parsed = {}
         for key, value in values.items():
-            parsed[key] = _coerce(value, str(types[key]), f"{where}{prefix}{key}")
+            parsed[key] = _coerce(value, hints[key], f"{where}{prefix}{key}")
         params = cls(**parsed)
         params.validate(prefix)
         return params
@@ -149,27 +150,29 @@ class SamplingParams:
         return {k: v for k, v in dataclasses.asdict(self).items() if k in keep}
 
 
-def _coerce(value: Any, annotation: str, name: str) -> Any:
-    optional = "None" in annotation
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """``value`` checked (and ints widened to float) against a field's type hint (``T`` or ``T | None``)."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
     if value is None:
         if optional:
             return None
         raise FamilyError(f"{name} must be set, got None")
-    if annotation.startswith("bool"):
+    if base is bool:
         if isinstance(value, bool):
             return value
         raise FamilyError(f"{name} must be true or false, got {value!r}")
-    if annotation.startswith("float"):
+    if base is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise FamilyError(f"{name} must be a number, got {value!r}")
         return float(value)
-    if annotation.startswith("int"):
+    if base is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise FamilyError(f"{name} must be an integer, got {value!r}")
         return int(value)
-    if annotation.startswith("str"):
-        if not isinstance(value, str):
-            raise FamilyError(f"{name} must be a string, got {value!r}")
+    if base is str and not isinstance(value, str):
+        raise FamilyError(f"{name} must be a string, got {value!r}")
     return value
 
 
