@@ -330,7 +330,7 @@ def _inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
-def _md_to_html(md: str) -> str:
+def md_to_html(md: str) -> str:
     """The report's own Markdown (headings, bullets, tables, paragraphs) as HTML."""
     out: list[str] = []
     table: list[list[str]] = []
@@ -372,7 +372,7 @@ def _html(tables: list[PromptTable], run_dirs: list[Path], names: list[str], out
         ".run{color:#666;font-size:12px;margin-right:.5em}",
         "</style></head><body><h1>unigap self-play report</h1>",
         "<img src='non_unification_by_difficulty.png' alt='non-unification by difficulty'>",
-        _md_to_html(md.split("\n", 1)[1] if md.startswith("# ") else md),
+        md_to_html(md.split("\n", 1)[1] if md.startswith("# ") else md),
         "<h2>Candidates per prompt</h2><p>green border = accepted by the model's own judge, red = rejected; "
         "the number is P(yes).</p>",
     ]

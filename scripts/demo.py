@@ -227,12 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     md = "\n".join(lines)
-    from unigap.report import _md_to_html
+    from unigap.report import md_to_html
 
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>unigap demo</title><style>"
             "body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1100px}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px}</style></head><body>"
-            f"<h1>{lines[0][2:]}</h1><img src='summary.png' alt='before / after'>{_md_to_html(md.split(chr(10), 1)[1])}"
+            f"<h1>{lines[0][2:]}</h1><img src='summary.png' alt='before / after'>{md_to_html(md.split(chr(10), 1)[1])}"
             + "".join(f"<p><a href='report_{k}/report.html'>every candidate, before vs {NAMES[k]}</a></p>" for k in kinds)
             + "</body></html>")
     clean = {name: {lv: {k: v for k, v in e.items() if k != "_tables"} for lv, e in t.items()} for name, t in tables.items()}
