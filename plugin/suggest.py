@@ -1,11 +1,10 @@
 """The one "did you mean" of unigap.
 
-Every message about an unknown name (a misspelt self-play key in
-``unigap.selfplay.load_config``, a misspelt training YAML key caught by the
-host's argument parser, today ``unigap.bridge._unknown_keys_error``) should build
-its hint here, so that the wording and the closeness rule are the same
-everywhere.  Those two places still hold their own copies of this logic and are
-to call :func:`did_you_mean` / :func:`unknown_keys_message` instead.
+Every message about an unknown name builds its hint here, so that the wording
+and the closeness rule are the same everywhere: a misspelt self-play key
+(``unigap.selfplay.load_config``), a misspelt training YAML key caught by the
+host's argument parser (``unigap.host.llamafactory.args``), an unknown
+generation parameter of a model family (``unigap.models.base.SamplingParams``).
 """
 
 from __future__ import annotations

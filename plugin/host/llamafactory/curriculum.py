@@ -56,7 +56,7 @@ RECORD_ENV = "UNIGAP_RECORD_ORDER"
 
 @dataclass
 class DataContext:
-    """What the bridge captured from the host's data pipeline."""
+    """What data_capture.py captured from the host's data pipeline."""
 
     dataset_names: list[str]
     dataset_dir: str
