@@ -129,6 +129,10 @@ def resolve_settings(yaml_values: dict[str, Any], epochs: Any, pool: str | None,
     manifest = path.parent / MANIFEST_FILE
     defaults = read_replay_defaults(manifest, ReplayError)
     sampling_keys = sampling.keys(selfplay_only=True)
+    foreign = [k for k, v in yaml_values.items() if v is not None and k not in (*REPLAY_BASE_KEYS, *sampling_keys)]
+    if foreign:
+        raise ReplayError(f"{', '.join('replay_' + k for k in foreign)}: not a replay setting of this model's family "
+                          f"(its generation keys: {', '.join('replay_' + k for k in sampling_keys)})")
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for key in [*REPLAY_BASE_KEYS, *sampling_keys]:
