@@ -120,3 +120,22 @@ def test_an_incomplete_family_is_not_registered(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "_CLASSES", None)
     assert "half" not in models.supported_types()
     monkeypatch.setattr(models, "_CLASSES", None)
+
+
+def test_replay_takes_the_familys_keys_and_refuses_anothers(toy_family, tmp_path):
+    from unigap.replay import ReplayError, resolve_settings
+
+    pool = tmp_path / "discard_pool.jsonl"
+    pool.write_text('{"prompt_id": "p0", "prompt": "a red square"}\n')
+    base = {"num_candidates": 2, "judge_threshold": 0.5, "judge_question": "Does this image show {prompt}?",
+            "seed": 3}
+    toy, janus = toy_family.family_named("toy"), toy_family.family_named("janus")
+    with pytest.raises(ReplayError, match=r"no value for replay_cfg_scale"):  # the run's value must be known
+        resolve_settings({**base, "steps": 4}, "1", str(pool), str(tmp_path), 8, toy.sampling)
+    settings = resolve_settings({**base, "steps": 4, "cfg_scale": 1.5}, "1", str(pool), str(tmp_path), 8, toy.sampling)
+    assert settings.sampling.steps == 4 and settings.public()["steps"] == 4 and settings.public()["cfg_scale"] == 1.5
+    with pytest.raises(ReplayError, match=r"replay_steps: not a replay setting of this model's family"):
+        resolve_settings({**base, "steps": 4, "cfg_scale": 3.0, "temperature": 1.0}, "1", str(pool), str(tmp_path), 8,
+                         janus.sampling)
+    with pytest.raises(ReplayError, match=r"replay_steps must be >= 1, got 0"):
+        resolve_settings({**base, "steps": 0, "cfg_scale": 1.5}, "1", str(pool), str(tmp_path), 8, toy.sampling)
