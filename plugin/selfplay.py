@@ -190,10 +190,12 @@ def model_fingerprint(model: Any) -> str:
     config = model.config.to_dict()
     config.pop("_name_or_path", None)
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    from .training import checksum  # streamed: one float64 chunk on the device, not a float64 copy per tensor
+
     with torch.no_grad():
         for name, tensor in sorted(model.state_dict().items()):
-            data = tensor.detach().double()
-            digest.update(f"{name}|{tuple(tensor.shape)}|{float(data.sum()):.10e}|{float((data * data).sum()):.10e}\n".encode())
+            total, squares = checksum(tensor)
+            digest.update(f"{name}|{tuple(tensor.shape)}|{total:.10e}|{squares:.10e}\n".encode())
     return digest.hexdigest()[:16]
 
 

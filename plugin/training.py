@@ -111,11 +111,82 @@ def pair_keys(batch: dict[str, torch.Tensor]) -> list[bytes]:
     return [rows[i] + b"|" + rows[half + i] for i in range(half)]
 
 
-def fingerprint(params: list[tuple[str, torch.Tensor]]) -> dict[str, list[float]]:
-    """Exact float64 checksums of parameters, to prove a reference model never moved."""
-    out = {}
+#: elements per chunk of :func:`checksum` (float64: 128 MiB of transient memory at most)
+CHECKSUM_CHUNK = 1 << 24
+
+
+def checksum(tensor: torch.Tensor, chunk: int = CHECKSUM_CHUNK) -> tuple[float, float]:
+    """float64 sum and sum of squares of ``tensor``, streamed ``chunk`` elements at a time.
+
+    Equal (to float64 rounding) to ``t.double().sum()`` and ``(t.double() ** 2).sum()`` of the whole
+    tensor, but the transient memory on the tensor's device is one float64 chunk, not a float64 copy
+    of the tensor (and its square).  Non-contiguous tensors are read in blocks of whole rows, never
+    copied whole.
+    """
+    acc = torch.zeros(2, dtype=torch.float64, device=tensor.device)
     with torch.no_grad():
-        for name, param in params:
-            data = param.detach().double()
-            out[name] = [float(data.sum()), float((data * data).sum())]
-    return out
+        _accumulate(tensor.detach(), max(1, int(chunk)), acc)
+    total, squares = acc.tolist()
+    return total, squares
+
+
+def _accumulate(t: torch.Tensor, chunk: int, acc: torch.Tensor) -> None:
+    if t.numel() == 0:
+        return
+    if t.is_contiguous() or t.dim() == 1:
+        flat = t.view(-1) if t.is_contiguous() else t
+        for start in range(0, flat.numel(), chunk):
+            _add(flat[start:start + chunk], acc)
+        return
+    row = t[0].numel()
+    if row > chunk:
+        for sub in t:
+            _accumulate(sub, chunk, acc)
+        return
+    for block in t.split(chunk // row):  # whole rows, at most one chunk
+        _add(block, acc)
+
+
+def _add(part: torch.Tensor, acc: torch.Tensor) -> None:
+    part = part.to(torch.float64).reshape(-1)  # at most one chunk
+    acc[0] += part.sum()
+    acc[1] += torch.dot(part, part)
+
+
+def fingerprint(params: list[tuple[str, torch.Tensor]]) -> dict[str, list[float]]:
+    """Exact float64 checksums of parameters, to prove a reference model never moved (see :func:`checksum`)."""
+    return {name: list(checksum(param)) for name, param in params}
+
+
+def release_storage(module: torch.nn.Module, keep: Any = None) -> tuple[int, list]:
+    """Free the storage of every parameter and buffer of ``module`` even while others still hold the module.
+
+    Each tensor object keeps its identity and dtype but its data becomes an empty tensor, so every
+    holder of the module or of its parameters sees the release (a later use fails on the shapes
+    instead of computing with freed memory).  Returns the bytes of storage let go and a weak reference to each
+    storage: dead once nothing else holds it, i.e. once the memory is really returned.  Refuses when
+    ``module`` shares storage with ``keep`` (the model being trained).
+    """
+    import weakref
+
+    from .errors import UnigapError
+
+    kept = set()
+    if keep is not None:
+        kept = {t.untyped_storage().data_ptr() for t in (*keep.parameters(), *keep.buffers()) if t.device.type != "meta"}
+    tensors = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+    storages = {}
+    for name, t in tensors:
+        if t.device.type == "meta" or t.numel() == 0:
+            continue
+        storage = t.untyped_storage()
+        if storage.data_ptr() in kept:
+            raise UnigapError(f"cannot release {name}: it shares its storage with the module to keep (the trained model)")
+        storages.setdefault(storage.data_ptr(), storage)
+    released = sum(storage.nbytes() for storage in storages.values())
+    refs = [weakref.ref(storage) for storage in storages.values()]
+    storages.clear()
+    with torch.no_grad():
+        for _, t in tensors:
+            t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+    return released, refs

@@ -297,6 +297,24 @@ def test_dpo_precomputed_reference_matches_live_reference(tmp_path_factory, tiny
     assert report["unchanged"] and report["precomputed_pairs"] == 4 and "precomputed" in report["reference"]
 
 
+def test_precomputed_reference_copy_is_really_freed(tmp_path_factory, tiny, tiny_model, data_dir):
+    """gen_precompute_ref with full fine-tuning: every byte of the reference copy is given back.
+
+    The host keeps the reference in ``accelerator._models`` and in its workflow's local variable;
+    the trainer must free the storage anyway: the freed bytes equal the whole model's weights, and
+    weak references to every freed storage are dead (nothing holds the memory any more).
+    """
+    model = tiny[0]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in (*model.parameters(), *model.buffers())}
+    out = _train_dpo(tmp_path_factory, tiny_model, data_dir, "full", num_train_epochs=1, gen_precompute_ref=True)
+    report = json.loads((out / "unigap_reference_check.json").read_text())
+    assert report["unchanged"] and report["precomputed_pairs"] == 4, report
+    assert report["released_bytes"] == sum(storages.values()) > 0, report
+    assert report["reference_storages_alive"] == 0, report
+    assert report["reference_in_accelerator_models"] is False, report
+
+
 def test_torchrun_with_understanding_on_one_rank_and_generation_on_the_other(tmp_path, tiny, tiny_model, example_data):
     """Mixed data under DDP: ranks whose batches use different branches must not hang or diverge."""
     import shutil

@@ -3,8 +3,10 @@
 A family's :meth:`~unigap.models.base.UnifiedAdapter.sequence_logps` is exact
 (autoregressive) or an estimator whose randomness depends on the row and the
 step only, so ``gen_precompute_ref`` (reference log-probs computed once before
-training, then the reference copy dropped) equals the live reference.  The
-reference is verified unchanged after training (``unigap_reference_check.json``).
+training, then the reference copy's memory released) equals the live reference.
+The reference is verified unchanged after training, or, when precomputed, over
+the precomputation (``unigap_reference_check.json``, which also says how many
+bytes of reference weights were freed).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from llamafactory.train.dpo.trainer import CustomDPOTrainer
 
 from ...fsutil import write_text_atomic
-from ...training import FORWARD_KEY, fingerprint, pair_keys, unwrap_model
+from ...training import FORWARD_KEY, fingerprint, pair_keys, release_storage, unwrap_model
 from .common import HostDataError, logger
 from .curriculum import checkpoint_path, make_curriculum, unified_setup
 
@@ -73,7 +75,7 @@ class UnifiedDPOTrainer(CustomDPOTrainer):
         return values[:, 0], values[:, 1]
 
     def _precompute_reference(self) -> int:
-        """Reference log-probs of every pair, computed once; then the reference copy is released."""
+        """Reference log-probs of every pair, computed once (the caller then releases the reference copy)."""
         from torch.utils.data import DataLoader
 
         datasets = [self.train_dataset]
@@ -89,11 +91,36 @@ class UnifiedDPOTrainer(CustomDPOTrainer):
                 chosen, rejected = super().compute_reference_log_probs(self.model, batch)
                 cache.update(zip(pair_keys(batch), zip(chosen.tolist(), rejected.tolist())))
         self._ref_cache = cache
-        if self.ref_model is not None:
-            self.ref_model = None
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
         return len(cache)
+
+    def _release_reference(self) -> dict:
+        """Free the reference copy for good; what was freed, for ``unigap_reference_check.json``.
+
+        ``self.ref_model = None`` alone frees nothing: accelerate keeps every prepared model in
+        ``accelerator._models`` and the host's DPO workflow keeps its own variable on the reference.
+        So the copy leaves the accelerator's list and every parameter and buffer gives up its storage
+        in place (the module object the workflow holds stays, empty).
+        """
+        import gc
+
+        ref, self.ref_model = self.ref_model, None
+        models = getattr(self.accelerator, "_models", None)
+        if isinstance(models, list):
+            models[:] = [m for m in models if m is not ref and unwrap_model(m) is not unwrap_model(ref)]
+        released, storages = release_storage(ref, keep=self.model)
+        in_models = any(m is ref or unwrap_model(m) is unwrap_model(ref) for m in models or [])
+        del ref
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        alive = sum(storage() is not None for storage in storages)
+        if alive:
+            logger().warning_rank0(f"unigap: {alive} reference tensors are still held elsewhere; their memory is not freed")
+        return {
+            "released_bytes": released,
+            "reference_storages_alive": alive,
+            "reference_in_accelerator_models": in_models,
+        }
 
     def _reference_params(self):
         if self.ref_model is not None:
@@ -116,8 +143,9 @@ class UnifiedDPOTrainer(CustomDPOTrainer):
             extra["precomputed_pairs"] = self._precompute_reference()
             kind = f"log-probs precomputed before training from {kind}"
             logger().info_rank0(f"unigap: precomputed reference log-probs of {extra['precomputed_pairs']} pairs")
-            if separate:  # the copy is gone: check it did not move while it was used, and let it be freed
+            if separate:  # check the copy did not move while it was used, then free it for good
                 after, params = fingerprint(params), None
+                extra.update(self._release_reference())
         result = super().train(*args, **kwargs)
         if params is not None:
             after = fingerprint(params)
