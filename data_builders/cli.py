@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..host.llamafactory.datasets import FORMAT
+from ..loading import add_dtype_option
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -39,7 +40,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     )
     result = encode_dataset(
         args.source, args.model, args.out, args.name, opts, adapter_dir=args.adapter, device=args.device,
-        overwrite=args.overwrite, fmt=FORMAT,
+        dtype=args.dtype, overwrite=args.overwrite, fmt=FORMAT,
     )
     describe(result, index_file=FORMAT.index_file)
     return 0
@@ -94,7 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="a folder of images (captions in metadata.jsonl or same-name .txt files), a JSONL file "
                           "(image path + text), a datasets save_to_disk folder, or a .parquet/.csv/.arrow file")
     enc.add_argument("--model", required=True, help="model directory or hub id (its own image tokenizer encodes)")
-    enc.add_argument("--adapter", help="LoRA adapter directory (merged in memory; the VQ tokenizer is never trained)")
+    enc.add_argument("--adapter", help="LoRA adapter directory: accepted and not loaded (a LoRA never changes the "
+                                       "image tokenizer, which is always frozen); recorded in the manifest")
     _add_output(enc)
     enc.add_argument("--fit", choices=("crop", "pad"), default="crop",
                      help="non-square images: centre-crop (default) or pad with the processor's mean colour; "
@@ -107,5 +109,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     enc.add_argument("--batch-size", type=int, default=16)
     enc.add_argument("--limit", type=int, help="encode only the first N pairs")
     enc.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    add_dtype_option(enc)
     enc.add_argument("--no-progress", action="store_true", help="no progress bar")
     enc.set_defaults(func=_cmd_encode)

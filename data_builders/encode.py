@@ -252,24 +252,35 @@ def encode_dataset(
     *,
     adapter_dir: str | None = None,
     device: str | None = None,
+    dtype: str | None = None,
     overwrite: bool = False,
     adapter: Any = None,
     fmt: DatasetFormat,
 ) -> dict[str, Any]:
-    """Encode image-text pairs into ``DATASET_DIR/NAME`` (atomic; the host's index merged last)."""
+    """Encode image-text pairs into ``DATASET_DIR/NAME`` (atomic; the host's index merged last).
+
+    Only the model's image tokenizer is loaded (:func:`unigap.loading.load_image_tokenizer`); a LoRA
+    adapter (``adapter_dir``) never changes it, so it is recorded in the manifest and not loaded.
+    ``adapter``: an already loaded adapter to encode with instead.
+    """
     import numpy as np
 
     from ..codes import save_gen_image
 
     opts = options or EncodeOptions()
     opts.validate()
+    if adapter_dir is not None and not Path(adapter_dir).exists():
+        raise EncodeError(f"adapter {adapter_dir} does not exist")
     kind, total, items = open_source(source, opts)
     entries = {name: fmt.entry(f"{name}/{DATA_FILE}")}
     output = Output(dataset_dir, name, list(entries), fmt, overwrite=overwrite)
+    resolved = None
     if adapter is None:
-        from ..loading import load_unified
+        from ..loading import default_device, load_image_tokenizer, resolve_dtype
 
-        adapter = load_unified(model, adapter_dir, device=device)
+        device = device or default_device()
+        resolved = resolve_dtype(dtype, device, model)
+        adapter = load_image_tokenizer(model, device=device, dtype=resolved)
     spec = adapter.spec
     if opts.limit is not None and total is not None:
         total = min(total, opts.limit)
@@ -324,7 +335,8 @@ def encode_dataset(
             "created": now_iso(),
             "entries": {key: entry["file_name"] for key, entry in entries.items()},
             "source": {"path": str(Path(source).resolve()), "kind": kind},
-            "model": {"model_name_or_path": model, "adapter_name_or_path": adapter_dir, "spec": _spec_dict(spec)},
+            "model": {"model_name_or_path": model, "adapter_name_or_path": adapter_dir, "dtype": resolved,
+                      "spec": _spec_dict(spec)},
             "preprocessing": {
                 "fit": opts.fit,
                 "size": spec.image_size,

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from .errors import UnigapError
+from .loading import add_dtype_option
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -78,7 +79,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                           f"{family.family} models (theirs: "
                           f"{', '.join('--' + k.replace('_', '-') for k in family.sampling.keys())})")
     params = family.sampling.from_values(given)
-    adapter = load_unified(args.model, args.adapter, device=args.device)
+    adapter = load_unified(args.model, args.adapter, device=args.device, dtype=args.dtype)
     jobs = [(i, k) for i in range(len(prompts)) for k in range(args.num)]
     with atomic_directory(args.out, overwrite=args.force) as out:
         for start in range(0, len(jobs), args.batch_size):
@@ -211,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_options(gen)
     gen.add_argument("--batch-size", type=int, default=8)
     gen.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    add_dtype_option(gen)
     gen.add_argument("--out", required=True, help="directory to create")
     gen.add_argument("--force", action="store_true", help="replace an existing directory")
     gen.set_defaults(func=_cmd_generate)

@@ -231,7 +231,9 @@ def draw_pool(adapter: Any, entries: Sequence[dict[str, Any]], positions: Sequen
             params=settings.sampling, batch_size=settings.batch_size,
         ):
             entry = entries[positions[pos]]
-            _images, p_yes = judge_candidates(adapter, codes, settings.judge_question.format(prompt=entry["prompt"]))
+            # chunks of replay_batch_size images, images dropped at once: memory follows the batch size
+            _images, p_yes = judge_candidates(adapter, codes, settings.judge_question.format(prompt=entry["prompt"]),
+                                              settings.batch_size, on_chunk=lambda images, scores: None)
             out.append(Drawn(positions[pos], codes.tolist(), p_yes))
     return out
 

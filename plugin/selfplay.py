@@ -8,9 +8,11 @@ Exactly-once and deterministic by construction:
 
 * candidate seeds come from (run seed, prompt id, candidate index), never from
   the batch or the process that draws them;
-* the unit of work is one prompt: its N images are decoded and judged together
-  (a batch whose shape does not depend on ``batch_size`` or the number of
-  processes), written atomically, and the prompt's records are published last
+* the unit of work is one prompt: its N images are decoded and judged in
+  chunks of at most ``batch_size`` images (memory follows ``batch_size``; the
+  family's ``decode_codes`` and ``judge`` are batch-invariant bit for bit, so
+  the bytes do not depend on the chunking or the number of processes), written
+  atomically, and the prompt's records are published last
   as ``parts/<index>.jsonl`` (temp + rename).  A prompt is done iff its part
   exists, so a killed run resumes where it was without loss or duplicates;
 * when every prompt is done one process merges the parts in prompt order into
@@ -89,7 +91,8 @@ class SelfPlayConfig:
     batch_size: int = 16
     #: "auto" = cuda when present (one GPU per rank), else cpu
     device: str = "auto"
-    #: "auto" = bfloat16 on cuda, float32 on cpu
+    #: "auto" = bfloat16 on cuda; on cpu the checkpoint's own dtype when 16-bit, else float32
+    #: (:func:`unigap.loading.resolve_dtype`)
     dtype: str = "auto"
     judge_question: str = DEFAULT_QUESTION
     judge_threshold: float = 0.5
@@ -311,10 +314,9 @@ def _resolve_device(config: SelfPlayConfig, dist: _Dist) -> tuple[str, str]:
         device = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and dist.world > 1:
         device = f"cuda:{dist.local_rank}"
-    dtype = config.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    return device, dtype
+    from .loading import resolve_dtype
+
+    return device, resolve_dtype(config.dtype, device, config.model_name_or_path)
 
 
 def run_selfplay(config: SelfPlayConfig) -> dict[str, Any]:
@@ -434,10 +436,26 @@ def draw(
             on_batch(len(chunk))
 
 
-def judge_candidates(adapter: Any, codes: Any, question: str) -> tuple[list[Any], list[float]]:
-    """Decode one prompt's candidates and judge them together (a fixed batch: batch-invariant results)."""
-    images = adapter.decode_codes(codes)
-    p_yes = adapter.judge(images, [question] * len(images)).float().cpu().tolist()
+def judge_candidates(adapter: Any, codes: Any, question: str, batch_size: int | None = None,
+                     on_chunk: Any = None) -> tuple[list[Any], list[float]]:
+    """Decode one prompt's candidates and judge them, at most ``batch_size`` images at a time (None: all).
+
+    The results do not depend on ``batch_size``: the family's ``decode_codes`` and ``judge`` are
+    batch-invariant bit for bit.  ``on_chunk(images, p_yes)`` is called after each chunk (a caller that
+    writes each chunk at once holds no more than ``batch_size`` decoded images); the images are returned
+    only when no ``on_chunk`` is given.
+    """
+    step = max(1, batch_size or len(codes) or 1)
+    images: list[Any] = []
+    p_yes: list[float] = []
+    for start in range(0, len(codes), step):
+        chunk = adapter.decode_codes(codes[start : start + step])
+        scores = adapter.judge(chunk, [question] * len(chunk)).float().cpu().tolist()
+        p_yes += scores
+        if on_chunk is None:
+            images += chunk
+        else:
+            on_chunk(chunk, scores)
     return images, p_yes
 
 
@@ -471,12 +489,20 @@ def _draw_and_judge(adapter, config, params, prompts, mine, out, meta, dist, res
 
 
 def _finish_prompt(adapter, config, prompt: Prompt, index: int, codes, out: Path, meta) -> int:
-    """Decode and judge one prompt's candidates together, write them, then publish its records."""
+    """Decode and judge one prompt's candidates in chunks of ``batch_size``, write them, then publish its records."""
     question = config.judge_question.format(prompt=prompt.text)
-    images, p_yes = judge_candidates(adapter, codes, question)
+    rows = codes.tolist()
+    written = 0
+
+    def save(chunk: list[Any], _scores: list[float]) -> None:
+        nonlocal written
+        for image in chunk:  # written at once: no more than batch_size decoded images are held
+            save_gen_image(out / image_name(index, written), image, rows[written])
+            written += 1
+
+    _images, p_yes = judge_candidates(adapter, codes, question, config.batch_size, on_chunk=save)
     records, accepted = [], 0
-    for k, (image, code_row, p) in enumerate(zip(images, codes.tolist(), p_yes)):
-        save_gen_image(out / image_name(index, k), image, code_row)
+    for k, p in enumerate(p_yes):
         record = make_record(
             prompt_index=index,
             prompt_id=prompt.id,

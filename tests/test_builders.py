@@ -431,6 +431,35 @@ def _encoded(ds: Path, name: str, adapter) -> list[tuple[str, list[int]]]:
     ]
 
 
+def test_encode_loads_only_the_image_tokenizer_and_takes_dtype(tmp_path, tiny_model, adapter, monkeypatch):
+    import unigap.loading
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for n in range(3):
+        _picture(n, (40 + 8 * n, 40), "RGB").save(folder / f"{n}.png")
+        (folder / f"{n}.txt").write_text(f"picture {n}\n")
+    loaded = []
+    real = unigap.loading.load_image_tokenizer
+    monkeypatch.setattr(unigap.loading, "load_unified", lambda *a, **k: pytest.fail("the whole model was loaded"))
+    monkeypatch.setattr(unigap.loading, "load_image_tokenizer",
+                        lambda *a, **k: loaded.append(k) or real(*a, **k))
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    ds = tmp_path / "ds"
+    code, _out, err = _main("encode", folder, "--model", tiny_model, "--out", ds, "--name", "b", "--no-progress",
+                            "--dtype", "bfloat16", "--adapter", lora, "--device", "cpu")
+    assert code == 0, err
+    assert loaded == [{"device": "cpu", "dtype": "bfloat16"}]
+    model = json.loads((ds / "b/manifest.json").read_text())["model"]
+    assert model["dtype"] == "bfloat16" and model["adapter_name_or_path"] == str(lora)
+    got = _encoded(ds, "b", adapter)
+    assert len(got) == 3 and all(len(codes) == adapter.spec.num_image_tokens for _, codes in got)
+    code, _out, err = _main("encode", folder, "--model", tiny_model, "--out", ds, "--name", "c", "--no-progress",
+                            "--adapter", tmp_path / "missing")
+    assert code == 2 and "missing" in err and not (ds / "c").exists()
+
+
 def test_encode_folder_of_pngs_any_size_and_mode(tmp_path, tiny_model, adapter):
     from PIL import Image
 
@@ -458,6 +487,7 @@ def test_encode_folder_of_pngs_any_size_and_mode(tmp_path, tiny_model, adapter):
     manifest = json.loads((ds / "mine/manifest.json").read_text())
     prep = manifest["preprocessing"]
     assert prep["fit"] == "crop" and prep["size"] == adapter.spec.image_size and prep["resample"] == "bicubic"
+    assert manifest["model"]["dtype"] == "float32"  # auto on cpu, a float32 checkpoint
     inputs = manifest["counts"]["inputs"]
     assert inputs["modes"] == {"RGB": 2, "RGBA": 1, "L": 1, "P": 1, "I;16": 1}
     assert inputs["non_square"] == 3 and inputs["upscaled"] == 1 and inputs["max_side"] == 300

@@ -53,6 +53,19 @@ def test_generate_command_writes_png_and_exact_codes(tmp_path, tiny_model, tiny)
 
 
 @pytest.mark.e2e
+def test_generate_dtype_option(tmp_path, tiny_model):
+    out = tmp_path / "bf16"
+    cmd = [str(BIN / "unigap"), "generate", "--model", str(tiny_model), "--prompt", "a red square", "--num", "2",
+           "--dtype", "bfloat16", "--device", "cpu", "--out", str(out)]
+    proc = run(cmd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list(out.glob("*.png"))) == 2 and len(list(out.glob("*.codes.npy"))) == 2
+    bad = run([str(BIN / "unigap"), "generate", "--model", str(tiny_model), "--prompt", "a", "--dtype", "float64",
+               "--out", str(tmp_path / "x")])
+    assert bad.returncode == 2 and "float64" in bad.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.e2e
 def test_generate_rejects_an_adapter_for_another_model(tmp_path, tiny_model):
     other = tmp_path / "other"
     assert run([str(BIN / "unigap"), "tiny-model", "--out", str(other), "--hidden-size", "32"]).returncode == 0

@@ -11,7 +11,8 @@ registry in ``unigap.models`` finds it (see ``ARCHITECTURE.md``).
 
 What a family implements (abstract below, each documented where declared):
 
-* checkpoint: :meth:`matches`, :meth:`load`, :meth:`read_spec`, :meth:`freeze_patterns`;
+* checkpoint: :meth:`matches`, :meth:`load`, :meth:`read_spec`, :meth:`freeze_patterns`
+  (and :meth:`load_image_tokenizer`, by default the whole :meth:`load`);
 * chat format: :meth:`chat_format` (the host builds its template from it);
 * token layout: :meth:`gen_image_ids`, :meth:`und_image_text`, :meth:`image_runs`
   (and, derived here, :meth:`gen_codes_in`, :meth:`expected_run_length`);
@@ -248,6 +249,14 @@ class UnifiedAdapter(ABC):
         from ``llamafactory-cli train`` at ``adapter_path`` is merged in memory."""
 
     @classmethod
+    def load_image_tokenizer(cls, path: str, *, dtype: Any) -> "UnifiedAdapter":
+        """Only what encoding images needs, on CPU in ``dtype``: an adapter whose ``encode_images``,
+        ``decode_codes``, ``pixels``, ``spec``, ``image_mean`` and ``image_std`` work (``unigap encode``);
+        ``model`` holds at least the image tokenizer.  The default loads the whole checkpoint; a family
+        overrides it to load its (small, always frozen) image tokenizer alone."""
+        return cls.load(path, dtype=dtype)
+
+    @classmethod
     @abstractmethod
     def load_config(cls, path: str) -> Any:
         """The checkpoint's config (for :meth:`read_spec`) without loading weights."""
@@ -316,7 +325,7 @@ class UnifiedAdapter(ABC):
 
     @abstractmethod
     def decode_codes(self, codes: "torch.Tensor") -> list["Image"]:
-        """(B, num_image_tokens) codes -> PIL images."""
+        """(B, num_image_tokens) codes -> PIL images; batch-invariant, bit for bit, like :meth:`judge`."""
 
     @abstractmethod
     def generate(self, prompts: Sequence[str], *, seeds: Sequence[int], params: Any = None,
@@ -326,7 +335,9 @@ class UnifiedAdapter(ABC):
 
     @abstractmethod
     def judge(self, images: Sequence["Image"], questions: Sequence[str]) -> "torch.Tensor":
-        """P(yes) for each (image, question) pair from one forward pass."""
+        """P(yes) for each (image, question) pair from one forward pass.  Batch-invariant, bit for bit:
+        a row's P(yes) depends on its own image and question only, never on the other rows or their
+        number (self-play judges a prompt's candidates in chunks of ``batch_size``)."""
 
     # ------------------------------------------------------------------ training
     @abstractmethod

@@ -99,7 +99,7 @@ class JanusAdapter(UnifiedAdapter):
 
     @classmethod
     def load(cls, path: str, *, dtype: Any, adapter_path: str | None = None) -> "JanusAdapter":
-        from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+        from transformers import AutoModelForImageTextToText, AutoTokenizer
 
         from ...lora import merge_lora
 
@@ -107,12 +107,49 @@ class JanusAdapter(UnifiedAdapter):
         tokenizer = AutoTokenizer.from_pretrained(path)
         if adapter_path:
             model = merge_lora(model, adapter_path)
+        mean, std = cls._image_stats(path)
+        return cls(model, tokenizer, image_mean=mean, image_std=std)
+
+    @classmethod
+    def load_image_tokenizer(cls, path: str, *, dtype: Any) -> "JanusAdapter":
+        """The VQ image tokenizer alone (``model.vqmodel.*`` read from the safetensors file(s), sharded
+        or not), the tokenizer and the image processor's mean / std: ``encode_images``, ``decode_codes``,
+        ``pixels`` and ``spec`` work, ``generate`` / ``judge`` do not.  A checkpoint without safetensors
+        (or whose VQ tensors are named otherwise) is loaded whole."""
+        from transformers import AutoTokenizer, GenerationConfig
+        from transformers.models.janus.modeling_janus import JanusVQVAE
+
+        tensors = _read_prefixed(_vq_files(path), VQ_PREFIX)
+        if not tensors:
+            return cls.load(path, dtype=dtype)
+        config = cls.load_config(path)
+        vq = JanusVQVAE(config.vq_config).to(dtype)
+        result = vq.load_state_dict(tensors, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise FamilyError(
+                f"{path}: the image tokenizer's tensors ({VQ_PREFIX}*) do not fit its config "
+                f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        try:
+            generation_config = GenerationConfig.from_pretrained(path)
+        except OSError:
+            generation_config = None
+        mean, std = cls._image_stats(path)
+        shell = _ImageTokenizerOnly(config, vq)
+        return cls(shell, tokenizer, spec=cls.read_spec(config, tokenizer, generation_config), image_mean=mean,
+                   image_std=std)
+
+    @staticmethod
+    def _image_stats(path: str) -> tuple[Any, Any]:
+        """The image processor's mean / std (None when the checkpoint has no processor)."""
+        from transformers import AutoProcessor
+
         try:
             image_processor = AutoProcessor.from_pretrained(path).image_processor
-            mean, std = getattr(image_processor, "image_mean", None), getattr(image_processor, "image_std", None)
+            return getattr(image_processor, "image_mean", None), getattr(image_processor, "image_std", None)
         except (OSError, ValueError):
-            mean = std = None
-        return cls(model, tokenizer, image_mean=mean, image_std=std)
+            return None, None
 
     @classmethod
     def read_spec(cls, config: Any, tokenizer: Any, generation_config: Any | None = None) -> ModelSpec:
@@ -308,7 +345,9 @@ class JanusAdapter(UnifiedAdapter):
 
         Image = _pil()
         codes = torch.as_tensor(codes, device=self.device).long().reshape(-1, self.spec.num_image_tokens)
-        pixels = self._base().model.vqmodel.decode(codes).float()  # (B, 3, H, W)
+        vq = self._base().model.vqmodel
+        # one image at a time: an image's pixels never depend on the batch it was decoded in
+        pixels = torch.cat([vq.decode(codes[i : i + 1]).float() for i in range(codes.shape[0])])  # (B, 3, H, W)
         mean = torch.tensor(self.image_mean, device=pixels.device).view(1, 3, 1, 1)
         std = torch.tensor(self.image_std, device=pixels.device).view(1, 3, 1, 1)
         pixels = (pixels * std + mean).clamp(0, 1)
@@ -418,46 +457,50 @@ class JanusAdapter(UnifiedAdapter):
 
     @torch.no_grad()
     def judge(self, images: Sequence[Any], questions: Sequence[str], fit: str = "pad") -> torch.Tensor:
-        """P(yes) against P(no) for each (image, question), from one batched forward pass.
+        """P(yes) against P(no) for each (image, question); batch-invariant, bit for bit.
 
-        When the rows have one length (self-play asks one question of a prompt's
-        N images), the text before the image (system prompt and chat header) is
-        run once and its KV cache shared by the batch.
+        Each row runs alone (batch 1, no padding), so its P(yes) is a function
+        of its own image and question only: self-play may judge a prompt's
+        candidates in chunks of any size and write the same bytes.  The text
+        before the image (system prompt and chat header) is run once per call
+        and its KV cache reused by every row with that text (cropped back after
+        each row); a row always takes this cached path when its prefix has 8
+        tokens or more, whatever else is in the batch.
         """
         if len(images) != len(questions):
             raise FamilyError("one question per image is required")
         model, spec, device = self._base(), self.spec, self.device
         tokenized = {q: self.und_prompt_ids(q) for q in dict.fromkeys(questions)}
-        ids = [tokenized[q] for q in questions]
-        tokens, mask = _left_pad(ids, spec.pad_token_id, device)
-        width = tokens.shape[1]
-        padded = any(len(row) != width for row in ids)
-        pixels = self.pixels(images, size=model.config.vision_config.image_size, fit=fit)
+        side = model.config.vision_config.image_size
         lm = model.model.language_model
-        prefix = 0
-        if not padded and len(ids) > 1:
-            same = (tokens == tokens[:1]).all(0) & (tokens[0] != spec.image_token_id)
-            prefix = int(same.long().cumprod(0).sum())
-        if prefix >= 8:
-            head = lm(inputs_embeds=model.get_input_embeddings()(tokens[:1, :prefix]), use_cache=True)
-            past = head.past_key_values
-            past.reorder_cache(torch.zeros(len(ids), dtype=torch.long, device=device))
-            out = lm(
-                inputs_embeds=self._embed(model, tokens[:, prefix:], pixels),
-                past_key_values=past,
-                position_ids=torch.arange(prefix, width, device=device).expand(len(ids), -1),
-                use_cache=True,
-            )
-        else:
-            out = lm(
-                inputs_embeds=self._embed(model, tokens, pixels),
-                attention_mask=mask if padded else None,
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                use_cache=False,
-            )
-        logits = model.lm_head(out.last_hidden_state[:, -1]).float()
+        heads: dict[tuple[int, ...], Any] = {}
         yes, no = self.answer_token_ids()
-        return torch.softmax(logits[:, [yes, no]], dim=-1)[:, 0]
+        p_yes = []
+        for image, question in zip(images, questions):
+            ids = tokenized[question]
+            tokens = torch.tensor([ids], device=device)
+            pixels = self.pixels([image], size=side, fit=fit)
+            prefix = ids.index(spec.image_token_id) if spec.image_token_id in ids else 0
+            if prefix >= 8:
+                key = tuple(ids[:prefix])
+                if key not in heads:
+                    embeds = model.get_input_embeddings()(tokens[:, :prefix])
+                    heads[key] = lm(inputs_embeds=embeds, use_cache=True).past_key_values
+                past = heads[key]
+                out = lm(
+                    inputs_embeds=self._embed(model, tokens[:, prefix:], pixels),
+                    past_key_values=past,
+                    position_ids=torch.arange(prefix, len(ids), device=device).unsqueeze(0),
+                    use_cache=True,
+                )
+                past.crop(prefix)
+            else:
+                out = lm(inputs_embeds=self._embed(model, tokens, pixels), use_cache=False)
+            logits = model.lm_head(out.last_hidden_state[:, -1]).float()
+            p_yes.append(torch.softmax(logits[:, [yes, no]], dim=-1)[:, 0])
+        if not p_yes:
+            return torch.zeros(0, device=device)
+        return torch.cat(p_yes)
 
     # ------------------------------------------------------------------ training
     def _embed(self, model: Any, text_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
@@ -596,6 +639,62 @@ class JanusAdapter(UnifiedAdapter):
             feats = model.model.get_image_features(blank)
             zero = zero + getattr(feats, "pooler_output", feats).sum() * 0.0
         return zero.float()
+
+
+#: the image tokenizer's tensors in a Janus checkpoint
+VQ_PREFIX = "model.vqmodel."
+
+
+class _ImageTokenizerOnly(torch.nn.Module):
+    """A Janus model reduced to its VQ image tokenizer (``model.vqmodel``), for :meth:`JanusAdapter.load_image_tokenizer`."""
+
+    def __init__(self, config: Any, vq: Any):
+        super().__init__()
+        self.config = config
+        self.model = torch.nn.Module()
+        self.model.vqmodel = vq
+
+
+def _checkpoint_file(path: str, name: str) -> Any:
+    """``name`` inside a local checkpoint folder or a hub repository (downloaded), or None."""
+    from pathlib import Path
+
+    folder = Path(path)
+    if folder.is_dir():
+        return folder / name if (folder / name).is_file() else None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(path, name))
+    except Exception:  # noqa: BLE001 - no such file (or no hub): the caller loads the whole checkpoint instead
+        return None
+
+
+def _vq_files(path: str) -> list[Any]:
+    """The safetensors file(s) holding the image tokenizer's tensors (only those shards of a sharded checkpoint)."""
+    import json
+
+    index = _checkpoint_file(path, "model.safetensors.index.json")
+    if index is not None:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        shards = sorted({f for key, f in weight_map.items() if key.startswith(VQ_PREFIX)})
+        files = [_checkpoint_file(path, shard) for shard in shards]
+        return files if files and all(f is not None for f in files) else []
+    single = _checkpoint_file(path, "model.safetensors")
+    return [single] if single is not None else []
+
+
+def _read_prefixed(files: Sequence[Any], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose names start with ``prefix`` (prefix removed), read lazily from safetensors files."""
+    from safetensors import safe_open
+
+    out = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                if key.startswith(prefix):
+                    out[key[len(prefix) :]] = handle.get_tensor(key)
+    return out
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any, room: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
