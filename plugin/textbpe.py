@@ -43,6 +43,44 @@ def train_bpe(corpus: Iterable[str], vocab_size: int, special_tokens: Sequence[s
     return core
 
 
+def place_tokens(core: Any, fixed_ids: Mapping[str, int], total_size: int, filler: str = "<|reserved_{}|>") -> Any:
+    """``core`` with its vocabulary renumbered to ``total_size`` ids, ``fixed_ids`` at the given ids.
+
+    A real checkpoint's vocabulary is large and its special tokens sit at fixed ids; a tokenizer
+    trained on a small corpus is padded up to it: the trained tokens keep their order from id 0,
+    each token of ``fixed_ids`` (special tokens of ``core``) moves to its id, and every other id gets
+    an unused filler token (``filler.format(id)``, never produced by encoding: no merge builds it).
+    """
+    import json
+
+    from tokenizers import Tokenizer
+
+    data = json.loads(core.to_str())
+    vocab: dict[str, int] = data["model"]["vocab"]
+    missing = [tok for tok in fixed_ids if tok not in vocab]
+    if missing:
+        raise ValueError(f"not in the vocabulary: {missing}")
+    taken = sorted(fixed_ids.values())
+    if len(set(taken)) != len(taken) or (taken and not 0 <= taken[0] <= taken[-1] < total_size):
+        raise ValueError(f"fixed ids must be distinct and below {total_size}: {dict(fixed_ids)}")
+    rest = [tok for tok, _ in sorted(vocab.items(), key=lambda kv: kv[1]) if tok not in fixed_ids]
+    fixed = set(taken)
+    free = (i for i in range(total_size) if i not in fixed)
+    new = dict(fixed_ids)
+    for tok in rest:
+        new[tok] = next(free, None)
+        if new[tok] is None:
+            raise ValueError(f"{len(vocab)} tokens do not fit in {total_size} ids")
+    new.update((filler.format(i), i) for i in free)
+    data["model"]["vocab"] = dict(sorted(new.items(), key=lambda kv: kv[1]))
+    for added in data["added_tokens"]:
+        added["id"] = new[added["content"]]
+    post = data.get("post_processor") or {}
+    for entry in (post.get("special_tokens") or {}).values():
+        entry["ids"] = [new[tok] for tok in entry["tokens"]]
+    return Tokenizer.from_str(json.dumps(data))
+
+
 def build_bpe_tokenizer(
     corpus: Iterable[str],
     *,
@@ -56,6 +94,8 @@ def build_bpe_tokenizer(
     chat_template: str | None = None,
     model_max_length: int = 4096,
     tokenizer_class: type | str | None = None,
+    fixed_ids: Mapping[str, int] | None = None,
+    total_size: int | None = None,
 ) -> Any:
     """A ``transformers`` fast tokenizer around a byte-level BPE trained offline on ``corpus``.
 
@@ -65,7 +105,8 @@ def build_bpe_tokenizer(
     (e.g. ``{"image_token": "<image_placeholder>"}``).  ``chat_template``: set on the
     tokenizer when given.  ``tokenizer_class``: a ``transformers`` fast tokenizer
     class or its name (default ``PreTrainedTokenizerFast``, which keeps
-    ``tokenizer.json`` as it is).
+    ``tokenizer.json`` as it is).  ``total_size`` (with ``fixed_ids``): pad the vocabulary to
+    that many ids with the given tokens at the given ids (see ``place_tokens``).
     """
     import transformers
 
@@ -75,6 +116,8 @@ def build_bpe_tokenizer(
     if prepend_bos and bos_token is None:
         raise ValueError("prepend_bos needs a bos_token")
     core = train_bpe(corpus, vocab_size, special_tokens, prepend=bos_token if prepend_bos else None)
+    if total_size is not None:
+        core = place_tokens(core, fixed_ids or {}, total_size)
     if tokenizer_class is None:
         tokenizer_class = transformers.PreTrainedTokenizerFast
     elif isinstance(tokenizer_class, str):

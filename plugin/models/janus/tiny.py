@@ -89,8 +89,13 @@ def janus_tokenizer_class() -> type:
     return transformers.PreTrainedTokenizerFast
 
 
-def janus_bpe_tokenizer(corpus: Iterable[str], vocab_size: int) -> Any:
-    """A Janus-Pro-style tokenizer (its special tokens; encoding prepends BOS) trained offline on ``corpus``."""
+def janus_bpe_tokenizer(
+    corpus: Iterable[str], vocab_size: int, fixed_ids: dict[str, int] | None = None, total_size: int | None = None
+) -> Any:
+    """A Janus-Pro-style tokenizer (its special tokens; encoding prepends BOS) trained offline on ``corpus``.
+
+    ``total_size`` / ``fixed_ids``: pad the vocabulary to that size, special tokens at those ids.
+    """
     return build_bpe_tokenizer(
         corpus,
         vocab_size=vocab_size,
@@ -102,6 +107,8 @@ def janus_bpe_tokenizer(corpus: Iterable[str], vocab_size: int) -> Any:
         extra_special_tokens={"image_token": IMAGE, "boi_token": BOI, "eoi_token": EOI},
         model_max_length=4096,
         tokenizer_class=janus_tokenizer_class(),
+        fixed_ids=fixed_ids,
+        total_size=total_size,
     )
 
 
@@ -156,8 +163,17 @@ def build_janus(
     patch_size: int,
     codebook_size: int,
     seed: int,
+    intermediate_size: int | None = None,
+    rms_norm_eps: float = 1e-6,
+    vision_mlp_ratio: float = 2.0,
+    vq: dict[str, Any] | None = None,
+    dtype: str = "float32",
 ) -> tuple[Any, Any]:
-    """(model, processor): a random Janus from transformers' own classes, one image code per patch."""
+    """(model, processor): a random Janus from transformers' own classes, one image code per patch.
+
+    ``intermediate_size``: the text MLP's (default 2 x hidden); ``vq``: ``JanusVQVAEConfig`` values
+    replacing the small defaults; ``dtype``: the parameters' (the model is built in it).
+    """
     import torch
     from transformers import (
         GenerationConfig,
@@ -179,11 +195,12 @@ def build_janus(
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_heads,
         max_position_embeddings=max_positions,
+        rms_norm_eps=rms_norm_eps,
         bos_token_id=ids[BOS],
         eos_token_id=ids[EOS],
         pad_token_id=ids[PAD],
@@ -195,28 +212,38 @@ def build_janus(
         num_attention_heads=vision_heads,
         image_size=image_size,
         patch_size=patch_size,
-        mlp_ratio=2.0,
+        mlp_ratio=vision_mlp_ratio,
         projection_dim=hidden_size,
         depth=2,
         num_image_tokens=side * side,
     )
-    vq = JanusVQVAEConfig(
-        embed_dim=8,
-        num_embeddings=codebook_size,
-        latent_channels=32,
-        base_channels=32,
-        channel_multiplier=[1] * (downsample + 1),
-        num_res_blocks=1,
-        num_patches=side,
-        projection_dim=hidden_size,
-        image_token_embed_dim=hidden_size,
-        num_hidden_layers=2,
-    )
+    vq_values = {
+        "embed_dim": 8,
+        "num_embeddings": codebook_size,
+        "latent_channels": 32,
+        "base_channels": 32,
+        "channel_multiplier": [1] * (downsample + 1),
+        "num_res_blocks": 1,
+        "num_patches": side,
+        "projection_dim": hidden_size,
+        "image_token_embed_dim": hidden_size,
+        "num_hidden_layers": 2,
+    }
+    vq_values.update(vq or {})
+    if 2 ** (len(vq_values["channel_multiplier"]) - 1) != patch_size:
+        raise FamilyError("the VQ must downsample by patch_size: len(channel_multiplier) - 1 halvings")
     config = JanusConfig(
-        text_config=text, vision_config=vision, vq_config=vq, image_token_id=ids[IMAGE], tie_word_embeddings=False
+        text_config=text, vision_config=vision, vq_config=JanusVQVAEConfig(**vq_values),
+        image_token_id=ids[IMAGE], tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = JanusForConditionalGeneration(config).eval()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        model = JanusForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    config.dtype = dtype
     _rescale_image_paths(model)
     model.generation_config = GenerationConfig(
         bos_token_id=ids[BOS],
@@ -247,4 +274,44 @@ def build_tiny_janus(out_dir: str | Path, spec: TinySpec = TinySpec(), overwrite
         processor.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "unigap_tiny.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    return Path(out_dir)
+
+
+# Janus-Pro-1B's sizes.  Sources: transformers' JanusConfig / JanusVisionConfig / JanusVQVAEConfig
+# defaults (documented as deepseek-community/Janus-Pro-1B's) and that checkpoint's config.json
+# (text model: hidden 2048, MLP 5632, 16 heads, 24 layers, vocabulary 102400, 16384 positions,
+# RMSNorm eps 1e-6; BOS / EOS / pad 100000 / 100001 / 100002, image placeholder 100581).
+PRO_1B_TEXT = {"hidden_size": 2048, "intermediate_size": 5632, "num_heads": 16, "max_positions": 16384,
+               "rms_norm_eps": 1e-6}
+PRO_1B_VOCAB = 102400
+# SigLIP-L/16 at 384 px: 24 x 24 = 576 image tokens
+PRO_1B_VISION = {"vision_hidden": 1024, "vision_layers": 24, "vision_heads": 16, "vision_mlp_ratio": 4.0,
+                 "image_size": 384, "patch_size": 16}
+PRO_1B_VQ = {"embed_dim": 8, "num_embeddings": 16384, "latent_channels": 256, "base_channels": 128,
+             "channel_multiplier": [1, 1, 2, 2, 4], "num_res_blocks": 2, "projection_dim": 2048,
+             "image_token_embed_dim": 2048, "num_hidden_layers": 2}
+PRO_1B_IDS = {BOS: 100000, EOS: 100001, PAD: 100002, BOI: 100016, IMAGE: 100581, EOI: 100593}
+
+
+def build_pro_shaped_janus(
+    out_dir: str | Path, num_layers: int = 2, dtype: str = "bfloat16", seed: int = 0, overwrite: bool = False
+) -> Path:
+    """Write a random Janus with Janus-Pro-1B's exact shapes but ``num_layers`` text layers (of 24).
+
+    Vision tower, aligners, VQ, generation head and embeddings, text width, heads, MLP and the
+    102400-token vocabulary (an offline BPE padded with unused tokens, the special tokens at
+    Janus-Pro-1B's ids) are the real ones; only the depth of the language model differs.  About
+    0.9 B parameters with two layers: ``dtype`` bfloat16 (the real checkpoint's) halves memory and disk.
+    """
+    tokenizer = janus_bpe_tokenizer(_corpus(seed), 600, fixed_ids=PRO_1B_IDS, total_size=PRO_1B_VOCAB)
+    if len(tokenizer) != PRO_1B_VOCAB:
+        raise FamilyError(f"the padded tokenizer has {len(tokenizer)} tokens, not {PRO_1B_VOCAB}")
+    model, processor = build_janus(
+        tokenizer, num_layers=num_layers, codebook_size=PRO_1B_VQ["num_embeddings"], seed=seed, vq=PRO_1B_VQ,
+        dtype=dtype, **PRO_1B_TEXT, **PRO_1B_VISION,
+    )
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return Path(out_dir)
