@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ from ...replay import (
 )
 from ...rowmeta import META_KEY, RowMeta, meta_from_pool
 from .datasets import data_files, read_metadata, render_rows
+from .sharding import fsdp_version, whole_parameters
 
 CURRICULUM_FILE = "unigap_curriculum.json"
 RECORD_ENV = "UNIGAP_RECORD_ORDER"
@@ -158,12 +160,9 @@ class TrainingCurriculum:
 
     @staticmethod
     def _check_parallelism(trainer: Any) -> None:
-        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-        if plugin is not None and getattr(plugin, "zero_stage", 0) == 3:
-            raise ReplayError("replay_epochs does not support DeepSpeed ZeRO-3 (the model generates images during "
-                              "training and needs whole parameters); use ZeRO-2 or DDP")
-        if getattr(trainer, "is_fsdp_enabled", False):
-            raise ReplayError("replay_epochs does not support FSDP; use DDP or DeepSpeed ZeRO-2")
+        if getattr(trainer, "is_fsdp_enabled", False) and fsdp_version(trainer) != 2:
+            raise ReplayError("replay_epochs does not support FSDP1 (the model generates images during training and "
+                              "needs whole parameters); use FSDP2 (fsdp_config: fsdp_version: 2), DDP or ZeRO-2")
 
     # ------------------------------------------------------------------ metadata and the sampler
     def _gen_codes_check(self) -> Callable[[Sequence[int], str], str | None]:
@@ -312,20 +311,23 @@ class TrainingCurriculum:
                  f"{settings.num_candidates} candidates each, threshold {settings.judge_threshold}")
         model = trainer.model
         was_training = model.training
-        model.eval()
-        try:
-            mine = draw_pool(self.adapter, self.pool_entries, positions[rank::world], settings, epoch)
-        finally:
-            model.train(was_training)
-        if world > 1:
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, mine)
-            drawn = [item for part in gathered for item in part]
-        else:
-            drawn = mine
-        drawn.sort(key=lambda d: d.position)
-        if int(getattr(self.args, "local_process_index", 0)) == 0:
-            write_images(folder, drawn, self.adapter.decode_codes)
+        # FSDP2 / ZeRO-3: whole parameters for generation and decoding, gathered once on every rank (the ranks draw
+        # different prompts, and only the first of a node decodes)
+        with whole_parameters(getattr(trainer, "model_wrapped", None) or model):
+            model.eval()
+            try:
+                mine = draw_pool(self.adapter, self.pool_entries, positions[rank::world], settings, epoch)
+            finally:
+                model.train(was_training)
+            if world > 1:
+                gathered: list[Any] = [None] * world
+                dist.all_gather_object(gathered, mine)
+                drawn = [item for part in gathered for item in part]
+            else:
+                drawn = mine
+            drawn.sort(key=lambda d: d.position)
+            if int(getattr(self.args, "local_process_index", 0)) == 0:
+                write_images(folder, drawn, self.adapter.decode_codes)
         if distributed:
             dist.barrier()
         samples, recovered, counts = build_rows(folder, self.pool_entries, drawn, settings, self.ranking)

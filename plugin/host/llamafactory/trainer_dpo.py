@@ -21,6 +21,7 @@ from ...fsutil import write_text_atomic
 from ...training import FORWARD_KEY, fingerprint, pair_keys, release_storage, unwrap_model
 from .common import HostDataError, logger
 from .curriculum import checkpoint_path, make_curriculum, unified_setup
+from .sharding import install as install_sharding_report
 
 
 class UnifiedDPOTrainer(CustomDPOTrainer):
@@ -29,6 +30,7 @@ class UnifiedDPOTrainer(CustomDPOTrainer):
     def __init__(self, model, ref_model, finetuning_args, processor, disable_dropout=True, **kwargs):
         super().__init__(model, ref_model, finetuning_args, processor, disable_dropout=disable_dropout, **kwargs)
         self._unigap = unified_setup(self, extra_models=(self.ref_model,))
+        install_sharding_report(self)
         self._ref_cache: dict[bytes, tuple[float, float]] | None = None
         if self._unigap is not None and finetuning_args.ld_alpha is not None:
             raise HostDataError("ld_alpha (LD-DPO) is not supported for unified-model training by unigap")

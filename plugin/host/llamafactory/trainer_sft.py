@@ -11,6 +11,7 @@ from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
 from ...training import FORWARD_KEY, RunningStats
 from .common import HostDataError
 from .curriculum import checkpoint_path, make_curriculum, unified_setup
+from .sharding import install as install_sharding_report
 
 
 class UnifiedSeq2SeqTrainer(CustomSeq2SeqTrainer):
@@ -19,6 +20,7 @@ class UnifiedSeq2SeqTrainer(CustomSeq2SeqTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._unigap = unified_setup(self)
+        install_sharding_report(self)
         if self._unigap is None:
             return
         for flag in ("use_dft_loss", "use_eaft_loss", "use_asft_loss"):

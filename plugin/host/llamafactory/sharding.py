@@ -1,0 +1,209 @@
+"""Whether sharding is really active.
+
+FSDP asked for but not enabled by accelerate (accelerate 1.x never enables it on CPU: the run becomes
+plain data parallelism, every rank holding the whole model) is logged as a warning.
+
+Proof of sharding from inside training: with ``UNIGAP_REPORT_SHARDING=1`` every rank writes, when
+training begins (after the host's wrappers are in place), the types of its parameters (``DTensor`` for
+FSDP2, ``FlatParameter`` for FSDP1, ``ZeRO3Parameter`` for DeepSpeed ZeRO-3, ``Parameter`` otherwise) and the bytes it holds locally to
+``output_dir/unigap_sharding.rank{R}.json``.
+
+An FSDP or ZeRO-3 configuration that silently falls back to plain data parallelism shows here as plain
+parameters whose local bytes equal the whole model's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ENV_KEY = "UNIGAP_REPORT_SHARDING"
+FILE_PATTERN = "unigap_sharding.rank{rank}.json"
+
+
+def wanted() -> bool:
+    return os.environ.get(ENV_KEY, "") not in ("", "0")
+
+
+def fsdp_requested(trainer: Any) -> bool:
+    """The YAML's ``fsdp`` keys or an accelerate FSDP config (``ACCELERATE_USE_FSDP``) ask for FSDP."""
+    return bool(getattr(trainer.args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+
+
+def warn_if_not_sharded(trainer: Any) -> bool:
+    """Warn when FSDP is asked for but the host's accelerator did not enable it; True when it warned."""
+    if not fsdp_requested(trainer) or getattr(trainer.accelerator.state, "fsdp_plugin", None) is not None:
+        return False
+    from .common import logger
+
+    logger().warning_rank0(
+        "unigap: FSDP was asked for (fsdp / an accelerate FSDP config) but accelerate did not enable it "
+        f"(distributed type {trainer.accelerator.state.distributed_type}; accelerate enables FSDP on accelerators "
+        "only, never on CPU): training runs as plain data parallelism, every rank holding the whole model"
+    )
+    return True
+
+
+def local_checksum(module: Any) -> float:
+    """A float64 checksum of this rank's local trainable parameter values (shards for sharded parameters)."""
+    import torch
+
+    total = 0.0
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                local = p.ds_tensor if hasattr(p, "ds_tensor") else p.to_local() if hasattr(p, "to_local") else p
+                local = local.detach().double()
+                total += float((local * local).sum() + local.sum())
+    return total
+
+
+def parameter_report(module: Any) -> dict[str, Any]:
+    """Per parameter type: count, local elements and bytes, and the global elements where the type knows them."""
+    by_type: dict[str, dict[str, int]] = {}
+    local_bytes = trainable_local_bytes = 0
+    for p in module.parameters():
+        kind = type(p).__name__
+        local = p.to_local() if hasattr(p, "to_local") else p  # a DTensor holds only its own shard
+        if hasattr(p, "ds_tensor"):  # a DeepSpeed ZeRO-3 parameter: its partition
+            kind, local = "ZeRO3Parameter", p.ds_tensor
+        nbytes = local.numel() * local.element_size()
+        entry = by_type.setdefault(kind, {"count": 0, "local_numel": 0, "local_bytes": 0, "global_numel": 0})
+        entry["count"] += 1
+        entry["local_numel"] += local.numel()
+        entry["local_bytes"] += nbytes
+        unsharded = getattr(p, "_unpadded_unsharded_size", None)  # FSDP1's FlatParameter
+        if hasattr(p, "ds_numel"):
+            entry["global_numel"] += int(p.ds_numel)
+        else:
+            entry["global_numel"] += int(unsharded.numel()) if unsharded is not None else int(p.numel())
+        local_bytes += nbytes
+        if p.requires_grad:
+            trainable_local_bytes += nbytes
+    return {"by_type": by_type, "local_bytes": local_bytes, "trainable_local_bytes": trainable_local_bytes}
+
+
+def write_report(trainer: Any, model: Any, **extra: Any) -> Path:
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    state = trainer.accelerator.state
+    fsdp_plugin = getattr(state, "fsdp_plugin", None)
+    report = {
+        "rank": rank,
+        "world_size": world,
+        "is_fsdp_enabled": bool(getattr(trainer, "is_fsdp_enabled", False)),
+        "fsdp_version": getattr(fsdp_plugin, "fsdp_version", None) if fsdp_plugin is not None else None,
+        "is_deepspeed_enabled": bool(getattr(trainer, "is_deepspeed_enabled", False)),
+        "wrapper": type(model).__name__,
+        **parameter_report(model),
+        **extra,
+    }
+    ref = getattr(trainer, "ref_model", None)  # DPO's frozen reference, when it is a separate model
+    if ref is not None:
+        report["reference"] = parameter_report(ref)
+    out = Path(trainer.args.output_dir) / FILE_PATTERN.format(rank=rank)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    return out
+
+
+def install(trainer: Any) -> None:
+    """Warn when FSDP is asked for but inactive; with ``UNIGAP_REPORT_SHARDING`` set, report every rank's
+    parameters when training begins (plus checksums of its local trainable values at the beginning and the end,
+    evidence that the shards were trained)."""
+    warn_if_not_sharded(trainer)
+    if not wanted():
+        return
+    from transformers import TrainerCallback
+
+    def model():
+        return trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model
+
+    class _ShardingReport(TrainerCallback):
+        begin: float | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.begin = local_checksum(model())
+            write_report(trainer, model(), checksum_begin=self.begin)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            write_report(trainer, model(), checksum_begin=self.begin, checksum_end=local_checksum(model()))
+
+    trainer.add_callback(_ShardingReport())
+
+
+def fsdp_version(trainer: Any) -> int | None:
+    """1 or 2 when the host's accelerator really runs FSDP, else None."""
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    return None if plugin is None else int(getattr(plugin, "fsdp_version", 1) or 1)
+
+
+@contextmanager
+def whole_parameters(model: Any) -> Iterator[None]:
+    """Every FSDP2 module of ``model`` (or every ZeRO-3 parameter of a DeepSpeed engine) unsharded (all-gathered once, collectively on every rank) for the block.
+
+    Inside, forwards run no collective at all (resharding after forward is switched off), so ranks may run
+    different numbers of forwards, as replay's generation does; afterwards every module is resharded, its
+    resharding setting restored and the forward order FSDP2 recorded for the next backward forgotten. A model
+    without FSDP2 modules is left as it is. Uses FSDP2's private state (torch 2.13): tested by
+    tests/test_sharded.py.
+    """
+    partitioned = getattr(model, "zero_optimization_partition_weights", None)  # a DeepSpeed engine
+    if callable(partitioned) and partitioned():
+        with _zero3_whole(model):
+            yield
+        return
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        FSDPModule = None
+    modules = [m for m in model.modules() if FSDPModule is not None and isinstance(m, FSDPModule)]
+    if not modules:
+        yield
+        return
+    saved = []
+    for m in modules:
+        state = m._get_fsdp_state()
+        saved.append((state, state._auto_reshard_after_forward,
+                       [(g, g.post_forward_mesh_info) for g in state._fsdp_param_groups]))
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        for m in modules:
+            m.unshard()
+        yield
+    finally:
+        for m in modules:
+            m.reshard()
+        for state, auto, groups in saved:
+            state._auto_reshard_after_forward = auto
+            for group, info in groups:
+                group.post_forward_mesh_info = info
+                # forwards record their order for the backward's prefetching; these forwards had no backward,
+                # and their count differs between ranks: forget them, or the next backward's collectives mismatch
+                getattr(group, "_post_forward_indices", []).clear()
+            comm = getattr(state, "_comm_ctx", None)
+            if comm is not None:
+                comm.post_forward_order.clear()
+
+
+@contextmanager
+def _zero3_whole(engine: Any) -> Iterator[None]:
+    """ZeRO-3: every parameter gathered once (read-only, on every rank) and the engine's per-module fetch /
+    release hooks taken off meanwhile, so forwards run no collective; the hooks come back afterwards."""
+    import deepspeed
+
+    offload = getattr(getattr(engine, "optimizer", None), "parameter_offload", None)
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+        if offload is not None:
+            offload._remove_module_hooks()
+        try:
+            yield
+        finally:
+            if offload is not None:
+                offload.setup_zero_stage3_hooks()

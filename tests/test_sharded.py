@@ -1,0 +1,185 @@
+"""Sharded training (FSDP2; DeepSpeed ZeRO-3 where installed) through the real, unmodified ``llamafactory-cli train``
+on CPU, 2 processes (gloo).
+
+accelerate 1.x enables FSDP on accelerators only: on CPU the YAML's ``fsdp`` keys silently become plain
+DDP (tested below: unigap warns). ``tests/cpu_fsdp/sitecustomize.py`` (on PYTHONPATH, with
+``UNIGAP_TEST_CPU_FSDP=1``) lets accelerate take its FSDP2 path on CPU; torch's ``fully_shard`` then
+shards for real. ``UNIGAP_REPORT_SHARDING=1`` makes every rank write its parameter types and local
+bytes (``unigap_sharding.rank{r}.json``), which is what proves the sharding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, base_config, lf_train
+from test_curriculum_e2e import RECORD, _config, _jsonl, cur_data  # noqa: F401  (cur_data: a fixture)
+
+pytestmark = pytest.mark.e2e
+
+TWO = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "UNIGAP_REPORT_SHARDING": "1"}
+CPU_FSDP = {**TWO, "UNIGAP_TEST_CPU_FSDP": "1", "PYTHONPATH": str(ROOT / "tests" / "cpu_fsdp")}
+FSDP2 = {"fsdp": "full_shard auto_wrap", "fsdp_config": {"fsdp_version": 2}}
+
+
+def _reports(out: Path) -> list[dict]:
+    return [json.loads((out / f"unigap_sharding.rank{r}.json").read_text()) for r in range(2)]
+
+
+def _losses(out: Path) -> list[float]:
+    """The logged losses and generation losses, in order."""
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return [row[key] for row in history if "loss" in row for key in ("loss", "gen_loss")]
+
+
+def _full(tiny) -> tuple[int, int]:
+    model = tiny[0]
+    return sum(p.numel() for p in model.parameters()), sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _assert_sharded(report: dict, numel: int | None = None) -> None:
+    assert report["is_fsdp_enabled"] and report["fsdp_version"] == 2, report
+    assert set(report["by_type"]) == {"DTensor"}, report["by_type"]
+    if numel is not None:
+        assert report["by_type"]["DTensor"]["global_numel"] == numel
+
+
+def _assert_halves(reports: list[dict], key: str = "local_bytes") -> None:
+    total = sum(r[key] for r in reports)
+    for r in reports:  # dim-0 shards: one rank may hold a row more of a tensor
+        assert abs(r[key] - total / 2) <= 0.01 * total, (key, [x[key] for x in reports])
+
+
+def _sft(tmp_path, tiny_model, example_data, name, env, finetuning_type="full", **overrides):
+    out = tmp_path / name
+    cfg = base_config(tiny_model, example_data, "unigap_gen_sft", out, finetuning_type=finetuning_type,
+                      per_device_train_batch_size=2, max_steps=3, learning_rate=1e-3, **overrides)
+    if finetuning_type == "full":
+        cfg.pop("lora_target"), cfg.pop("lora_rank")
+    (tmp_path / name).mkdir()
+    return out, lf_train(cfg, tmp_path / name, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("finetuning_type", ["full", "lora"])
+def test_fsdp2_gen_sft_really_shards_and_trains_like_ddp(tmp_path, tiny, tiny_model, example_data, finetuning_type):
+    numel, nbytes = _full(tiny)
+    out, _ = _sft(tmp_path, tiny_model, example_data, "fsdp2", CPU_FSDP, finetuning_type, **FSDP2)
+    reports = _reports(out)
+    for r in reports:
+        _assert_sharded(r, numel if finetuning_type == "full" else None)
+        assert r["checksum_end"] != r["checksum_begin"], r  # this rank's trainable shard was trained
+    total = sum(r["local_bytes"] for r in reports)
+    if finetuning_type == "full":
+        assert total == nbytes  # the shards add up to the whole model, nothing replicated
+    else:  # the base model plus its LoRA matrices, all sharded
+        assert nbytes < total < 1.1 * nbytes
+    _assert_halves(reports)
+    _assert_halves(reports, "trainable_local_bytes")
+    # the same run as plain DDP: the whole model on each rank, and the same losses
+    ddp, _ = _sft(tmp_path, tiny_model, example_data, "ddp", TWO, finetuning_type)
+    for r in _reports(ddp):
+        assert set(r["by_type"]) == {"Parameter"} and r["local_bytes"] == total
+    assert _losses(out) == pytest.approx(_losses(ddp), rel=1e-4, abs=1e-5)
+
+
+def test_fsdp_keys_on_cpu_without_the_engine_are_reported_as_ddp(tmp_path, tiny, tiny_model, example_data):
+    """What a CPU user gets from accelerate: no sharding; unigap says so instead of staying silent."""
+    _, nbytes = _full(tiny)
+    out, proc = _sft(tmp_path, tiny_model, example_data, "fallback", TWO, **FSDP2)
+    assert "FSDP was asked for" in proc.stdout + proc.stderr
+    for r in _reports(out):
+        assert not r["is_fsdp_enabled"] and set(r["by_type"]) == {"Parameter"} and r["local_bytes"] == nbytes
+
+
+def test_fsdp2_dpo_shards_policy_and_reference_and_keeps_the_reference(tmp_path, tiny, tiny_model, example_data):
+    numel, nbytes = _full(tiny)
+    out = tmp_path / "out"
+    cfg = base_config(tiny_model, example_data, "unigap_gen_dpo", out, stage="dpo", finetuning_type="full",
+                      pref_beta=0.1, per_device_train_batch_size=2, max_steps=3, **FSDP2)
+    cfg.pop("lora_target"), cfg.pop("lora_rank")
+    lf_train(cfg, tmp_path, env=CPU_FSDP, timeout=300)
+    reports = _reports(out)
+    for r in reports:
+        _assert_sharded(r, numel)
+        assert r["checksum_end"] != r["checksum_begin"]
+        assert set(r["reference"]["by_type"]) == {"DTensor"}, r["reference"]
+    assert sum(r["local_bytes"] for r in reports) == nbytes
+    assert sum(r["reference"]["local_bytes"] for r in reports) == nbytes
+    _assert_halves(reports)
+    check = json.loads((out / "unigap_reference_check.json").read_text())
+    assert check["unchanged"] and check["tensors"] > 0, check
+
+
+def _replay(tmp_path, tiny_model, cur_data, name, env, **extra) -> Path:  # noqa: F811
+    out = tmp_path / name
+    (tmp_path / name).mkdir()
+    lf_train(
+        _config(tiny_model, cur_data, out, finetuning_type="full", num_train_epochs=2, save_strategy="no",
+                curriculum_difficulty="acceptance", curriculum_pacing="step", replay_judge_threshold=0.0,
+                learning_rate=1e-4, **extra),
+        tmp_path / name, env={**RECORD, **env}, timeout=400,
+    )
+    return out
+
+
+EPOCH = "unigap_replay/epoch_1"
+
+
+def _candidates(out: Path) -> list[tuple]:
+    """Every replayed candidate: prompt, image, its drawn codes, P(yes)."""
+    return [(c["prompt_id"], c["image"], np.load(out / EPOCH / c["image"].replace(".png", ".codes.npy")).tolist(),
+             c["p_yes"]) for c in _jsonl(out / EPOCH / "candidates.jsonl")]
+
+
+def test_fsdp2_replay_draws_the_same_rows_as_ddp(tmp_path, tiny_model, cur_data):  # noqa: F811
+    """C-SFT replay under FSDP2 gathers whole parameters for generation: the same rows as under DDP."""
+    runs = {name: _replay(tmp_path, tiny_model, cur_data, name, env, **extra)
+            for name, env, extra in (("ddp", TWO, {}), ("fsdp2", CPU_FSDP, FSDP2))}
+    for r in _reports(runs["fsdp2"]):
+        _assert_sharded(r)
+    ddp, fsdp = ((runs[n] / EPOCH / "data.jsonl").read_text().replace(str(runs[n]), "OUT") for n in ("ddp", "fsdp2"))
+    assert ddp.strip() and ddp == fsdp
+    assert _candidates(runs["ddp"]) and _candidates(runs["ddp"]) == _candidates(runs["fsdp2"])
+    # and training goes on after the replay as under DDP (FSDP2's state after the gathered generation is clean)
+    assert len(_losses(runs["fsdp2"])) == 2 * 4
+    assert _losses(runs["fsdp2"]) == pytest.approx(_losses(runs["ddp"]), rel=1e-4, abs=1e-5)
+
+
+# DeepSpeed is not a dependency: these run where it is importable, or from UNIGAP_DEEPSPEED_PATH (a folder
+# holding it, e.g. `pip install --no-deps --no-build-isolation --target DIR deepspeed hjson py-cpuinfo msgpack`).
+# DeepSpeed's CPU accelerator (gloo) runs ZeRO-3 on CPU.
+DS_PATH = os.environ.get("UNIGAP_DEEPSPEED_PATH", "")
+ZERO3_CONFIG = {"train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+                "gradient_accumulation_steps": "auto", "zero_optimization": {"stage": 3}}
+
+
+def _has_deepspeed() -> bool:
+    import importlib.util
+
+    if DS_PATH:
+        return (Path(DS_PATH) / "deepspeed" / "__init__.py").exists()
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+@pytest.mark.skipif(not _has_deepspeed(), reason="deepspeed not installed (see UNIGAP_DEEPSPEED_PATH)")
+def test_zero3_shards_and_replay_draws_the_same_images_as_ddp(tmp_path, tiny, tiny_model, cur_data):  # noqa: F811
+    env = {**TWO, **({"PYTHONPATH": DS_PATH} if DS_PATH else {})}
+    config = tmp_path / "ds_z3.json"
+    config.write_text(json.dumps(ZERO3_CONFIG))
+    numel, nbytes = _full(tiny)
+    z3 = _replay(tmp_path, tiny_model, cur_data, "zero3", env, deepspeed=str(config))
+    reports = _reports(z3)
+    for r in reports:
+        assert r["is_deepspeed_enabled"] and set(r["by_type"]) == {"ZeRO3Parameter"}, r
+        assert r["by_type"]["ZeRO3Parameter"]["global_numel"] == numel
+        assert r["checksum_end"] != r["checksum_begin"]
+        assert r["local_bytes"] < 0.51 * nbytes  # its partition (padded), not the whole model
+    ddp = _replay(tmp_path, tiny_model, cur_data, "ddp", TWO)
+    a, b = _candidates(ddp), _candidates(z3)
+    assert a and [x[:3] for x in a] == [x[:3] for x in b]  # the same drawn codes
+    assert [x[3] for x in a] == pytest.approx([x[3] for x in b], abs=1e-5)  # P(yes) to float32 rounding
+    assert _losses(z3) == pytest.approx(_losses(ddp), rel=1e-4, abs=1e-5)
