@@ -121,10 +121,12 @@ def checksum(tensor: torch.Tensor, chunk: int = CHECKSUM_CHUNK) -> tuple[float, 
     Equal (to float64 rounding) to ``t.double().sum()`` and ``(t.double() ** 2).sum()`` of the whole
     tensor, but the transient memory on the tensor's device is one float64 chunk, not a float64 copy
     of the tensor (and its square).  Non-contiguous tensors are read in blocks of whole rows, never
-    copied whole.  A sharded parameter (FSDP2's ``DTensor``) is summed over this rank's shard only: compare
-    checksums taken on the same rank.
+    copied whole.  A sharded parameter (FSDP2's ``DTensor``, a DeepSpeed ZeRO-3 parameter) is summed over
+    this rank's shard only: compare checksums taken on the same rank.
     """
-    if hasattr(tensor, "to_local"):
+    if hasattr(tensor, "ds_tensor"):
+        tensor = tensor.ds_tensor
+    elif hasattr(tensor, "to_local"):
         tensor = tensor.to_local()
     acc = torch.zeros(2, dtype=torch.float64, device=tensor.device)
     with torch.no_grad():

@@ -183,3 +183,22 @@ def test_zero3_shards_and_replay_draws_the_same_images_as_ddp(tmp_path, tiny, ti
     assert a and [x[:3] for x in a] == [x[:3] for x in b]  # the same drawn codes
     assert [x[3] for x in a] == pytest.approx([x[3] for x in b], abs=1e-5)  # P(yes) to float32 rounding
     assert _losses(z3) == pytest.approx(_losses(ddp), rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.skipif(not _has_deepspeed(), reason="deepspeed not installed (see UNIGAP_DEEPSPEED_PATH)")
+def test_zero3_dpo_partitions_policy_and_reference_and_keeps_the_reference(tmp_path, tiny, tiny_model, example_data):
+    env = {**TWO, **({"PYTHONPATH": DS_PATH} if DS_PATH else {})}
+    config = tmp_path / "ds_z3.json"
+    config.write_text(json.dumps(ZERO3_CONFIG))
+    _, nbytes = _full(tiny)
+    out = tmp_path / "out"
+    cfg = base_config(tiny_model, example_data, "unigap_gen_dpo", out, stage="dpo", finetuning_type="full",
+                      pref_beta=0.1, per_device_train_batch_size=2, max_steps=3, deepspeed=str(config))
+    cfg.pop("lora_target"), cfg.pop("lora_rank")
+    lf_train(cfg, tmp_path, env=env, timeout=300)
+    for r in _reports(out):
+        for part in (r, r["reference"]):
+            assert set(part["by_type"]) == {"ZeRO3Parameter"} and part["local_bytes"] < 0.51 * nbytes, part
+        assert r["checksum_end"] != r["checksum_begin"]
+    check = json.loads((out / "unigap_reference_check.json").read_text())
+    assert check["unchanged"] and check["tensors"] > 0, check  # checksums over each rank's partition
