@@ -179,17 +179,24 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
                 group.add_argument(flag, dest=key, type=base, default=None, help=text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: the commands whose options come from the model families (building them imports the families, and torch)
+FAMILY_COMMANDS = ("tiny-model", "generate")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``unigap`` parser.  With ``command`` (the subcommand about to run), the families' options are
+    built only when that command needs them, so ``unigap build`` / ``report`` start without torch."""
+    with_families = command is None or command in FAMILY_COMMANDS
     parser = argparse.ArgumentParser(prog="unigap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     from .models import supported_types
 
-    families = supported_types()
+    families = supported_types() if with_families else ["?"]
     tiny = sub.add_parser("tiny-model", help="write a tiny random checkpoint of a model family (offline, seconds)")
     tiny.add_argument("--out", required=True, help="directory to create")
     tiny.add_argument("--family", choices=families, default=families[0], help=f"default: {families[0]}")
-    for key, (kind, default, family) in _tiny_keys().items():
+    for key, (kind, default, family) in (_tiny_keys() if with_families else {}).items():
         tiny.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, default=None,
                           help=f"{family}: default {default}")
     tiny.add_argument("--force", action="store_true", help="replace an existing directory")
@@ -209,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompts-file", help="a text file with one prompt per line")
     gen.add_argument("--num", type=int, default=1, help="images per prompt")
     gen.add_argument("--seed", type=int, default=0)
-    _add_sampling_options(gen)
+    if with_families:
+        _add_sampling_options(gen)
     gen.add_argument("--batch-size", type=int, default=8)
     gen.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     add_dtype_option(gen)
@@ -263,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a :class:`~unigap.errors.UnigapError` is one line on stderr (exit 2), anything
     else (a bug) keeps its traceback."""
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(next((w for w in words if not w.startswith("-")), None)).parse_args(argv)
     try:
         return args.func(args)
     except UnigapError as err:

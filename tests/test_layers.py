@@ -206,3 +206,13 @@ def test_only_a_family_folder_and_the_examples_name_janus():
 def test_commands_never_call_another_commands_main(module):
     path = modules()[module]
     assert "cli import main" not in path.read_text(encoding="utf-8")
+
+
+def test_commands_that_need_no_model_start_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from unigap.cli import build_parser; build_parser('report'); build_parser('build'); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

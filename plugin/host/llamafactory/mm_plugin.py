@@ -95,10 +95,13 @@ class UnifiedImagePlugin(BasePlugin):
     def check_row(self, ids, tokenizer, cutoff_len: int) -> None:
         """Fail if ``cutoff_len`` cut an image of this row (the model would learn a broken image)."""
         spec, family = self.require_spec(), self.family
-        for kind, start, length in family.image_runs(spec, ids):
+        runs = family.image_runs(spec, ids)
+        for kind, start, length in runs:
             full = family.expected_run_length(spec, kind)
             if length != full:
-                head = tokenizer.decode([t for t in ids[:80] if t < spec.gen_offset], skip_special_tokens=True)
+                codes = {i for k, s, n in runs if k == "gen" for i in range(s, s + n)}
+                text = [t for i, t in enumerate(ids[:80]) if i not in codes]
+                head = tokenizer.decode(text, skip_special_tokens=True)
                 raise HostDataError(
                     f"cutoff_len={cutoff_len} cut a{' generated' if kind == 'gen' else 'n input'} image of the "
                     f"row starting {head.strip()[:80]!r} to {length} of {full} tokens; raise cutoff_len to at "
