@@ -45,6 +45,28 @@ def _tiny_keys() -> dict[str, tuple[type, Any, str]]:
     return out
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .models import family_named
+
+    start = time.perf_counter()
+    path = family_named(args.family).convert(args)
+    print(f"unigap: wrote a {args.family} checkpoint to {path} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def _add_convert(sub: Any, with_families: bool) -> None:
+    """``unigap convert <family> ...``: one subcommand per family whose released files need converting."""
+    from .models import adapter_classes
+
+    conv = sub.add_parser("convert", help="convert a family's released files into one checkpoint folder")
+    families = conv.add_subparsers(dest="family", required=True, metavar="FAMILY")
+    for family in adapter_classes() if with_families else []:
+        parser = argparse.ArgumentParser(add_help=False)
+        if family.add_convert_arguments(parser):
+            one = families.add_parser(family.family, parents=[parser], help=f"released {family.family} files")
+            one.set_defaults(func=_cmd_convert)
+
+
 def _cmd_example_data(args: argparse.Namespace) -> int:
     from .shapesworld.examples import write_example_datasets
 
@@ -180,7 +202,7 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
 
 
 #: the commands whose options come from the model families (building them imports the families, and torch)
-FAMILY_COMMANDS = ("tiny-model", "generate")
+FAMILY_COMMANDS = ("tiny-model", "generate", "convert")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -201,6 +223,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                           help=f"{family}: default {default}")
     tiny.add_argument("--force", action="store_true", help="replace an existing directory")
     tiny.set_defaults(func=_cmd_tiny_model)
+
+    _add_convert(sub, with_families)
 
     ex = sub.add_parser("example-data", help="write the small example datasets for a model (used by yaml_examples)")
     ex.add_argument("--model", required=True, help="model directory")

@@ -89,7 +89,9 @@ class ChatFormat:
     ``{content}`` marks where a message goes.  A row that answers in text gets
     ``understanding_system`` as its system prompt when it has none, and its
     answer starts with ``text_answer_prefix``; an image answer follows the
-    assistant header directly.
+    assistant header directly.  A family whose image-generation prompt is laid
+    out differently from its chat turns (Show-o: ``<|t2i|>`` and the prompt
+    between EOS tokens) gives that layout as ``generation_user``.
     """
 
     user: str
@@ -103,6 +105,8 @@ class ChatFormat:
     text_answer_prefix: str = ""
     #: the placeholder token one understanding image stands for in a row's text before expansion
     image_placeholder: str = "<image>"
+    #: the user layout of rows whose answer is an image to generate (None: ``user``)
+    generation_user: str | None = None
 
 
 @dataclass
@@ -353,6 +357,19 @@ class UnifiedAdapter(ABC):
         number of targets.  A family whose likelihood is estimated (masked diffusion) must draw its
         randomness from the row's content and ``step`` only, so that chosen / rejected and policy /
         reference share it and a precomputed reference equals the live one."""
+
+    # ------------------------------------------------------------------ released checkpoints that need converting (optional)
+    @classmethod
+    def add_convert_arguments(cls, parser: Any) -> bool:
+        """Add the options of ``unigap convert <family>`` to ``parser`` (an ``argparse`` parser) and return
+        True, for a family whose released files are not a checkpoint transformers loads as is; the default
+        (False): nothing to convert."""
+        return False
+
+    @classmethod
+    def convert(cls, args: Any) -> "Path":
+        """Convert released files into one self-contained checkpoint folder (``unigap convert <family>``)."""
+        raise FamilyError(f"{cls.family} checkpoints load as released; there is nothing to convert")
 
     # ------------------------------------------------------------------ a tiny random checkpoint (tests, trying things)
     #: the sizes of :meth:`build_tiny`'s model (a dataclass; its fields are ``unigap tiny-model`` options)

@@ -7,7 +7,9 @@ them out (:meth:`~unigap.models.base.UnifiedAdapter.gen_image_ids`).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Any
 
 from llamafactory.data.data_utils import Role
 from llamafactory.data.formatter import EmptyFormatter, StringFormatter
@@ -25,6 +27,8 @@ class UnifiedTemplate(Template):
     understanding_system: str = ""
     #: what a text answer starts with (the family's chat format says)
     text_answer_prefix: str = ""
+    #: the user formatter of rows that generate an image, when the family lays them out differently
+    generation_user: Any = None
 
     def fix_special_tokens(self, tokenizer) -> None:
         super().fix_special_tokens(tokenizer)
@@ -35,6 +39,13 @@ class UnifiedTemplate(Template):
         generates = any(m["role"] == assistant and GEN_MARKER.search(m["content"]) for m in messages)
         if not system and not generates:
             system = self.understanding_system
+        if generates and self.generation_user is not None:
+            clone = self.__dict__.get("_generation_clone")
+            if clone is None:
+                clone = copy.copy(self)
+                clone.format_user, clone.generation_user = self.generation_user, None
+                self.__dict__["_generation_clone"] = clone
+            return clone._encode(tokenizer, messages, system, tools)
         if self.text_answer_prefix:
             messages = [
                 dict(m, content=self.text_answer_prefix + m["content"])
@@ -83,3 +94,5 @@ def on_loaded(mod) -> None:
         template = mod.TEMPLATES[family.template]
         template.understanding_system = chat.understanding_system
         template.text_answer_prefix = chat.text_answer_prefix
+        if chat.generation_user is not None:
+            template.generation_user = StringFormatter(slots=[_slots(chat.generation_user)])
