@@ -175,6 +175,15 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_loop(args: argparse.Namespace) -> int:
+    from .loop import load_loop_config, run_loop
+
+    items = list(args.items)
+    path = items.pop(0) if items and "=" not in items[0] else None
+    run_loop(load_loop_config(path, items))
+    return 0
+
+
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """One option per generation parameter of the registered families (default: the model family's)."""
     import typing
@@ -285,6 +294,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--replay-epoch", dest="replay_epoch", type=int)
     ev.add_argument("--grad-pairs", dest="grad_pairs", type=int, help="matched samples per seed for claim 6")
     ev.set_defaults(func=_cmd_evidence)
+
+    lp = sub.add_parser(
+        "loop",
+        help="the whole loop over rounds: self-play, build, llamafactory-cli train, held-out evaluation (resumable)",
+        description="unigap loop LOOP.yaml [key=value ...]: keys as in yaml_examples/loop_shapes.yaml. Rerun the same "
+        "command to resume an interrupted loop; a loop directory made with other settings is refused.",
+    )
+    lp.add_argument("items", nargs="+", metavar="LOOP.yaml|key=value")
+    lp.set_defaults(func=_cmd_loop)
 
     from .data_builders.cli import register as register_builders
 

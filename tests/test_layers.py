@@ -34,10 +34,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("families", ["unigap.models"]),
     ("core", [
         "unigap.loading", "unigap.training", "unigap.selfplay", "unigap.report", "unigap.curriculum",
-        "unigap.replay", "unigap.data_builders",
+        "unigap.replay", "unigap.data_builders", "unigap.vlm_judge",
     ]),
     ("host", ["unigap.host"]),
-    ("examples", ["unigap.shapesworld"]),
+    ("examples", ["unigap.shapesworld", "unigap.loop"]),
     ("entry points", ["unigap.cli", "unigap.__main__", "unigap._bootstrap", "unigap.data_builders.cli"]),
 ]
 
