@@ -79,6 +79,14 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_showo(tmp_path_factory) -> Path:
+    """A tiny random Show-o checkpoint (built once per session)."""
+    from unigap.models.showo.tiny import build_tiny_showo
+
+    return build_tiny_showo(tmp_path_factory.mktemp("models") / "tiny-showo")
+
+
+@pytest.fixture(scope="session")
 def example_data(tiny_model, tmp_path_factory) -> Path:
     from unigap.shapesworld.examples import write_example_datasets
 

@@ -146,6 +146,7 @@ def convert_showo(showo_dir: str, magvit_dir: str, phi_dir: str, out: str, *, dt
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     llm_config = {k: v for k, v in llm.items() if k not in ("vocab_size", "architectures", "auto_map", "_name_or_path",
                                                                "transformers_version", "torch_dtype", "dtype")}
+    llm_config["qk_layernorm"] = True  # Show-o's Phi always has it (Phi-1.5's own config says false)
     config = ShowoConfig(llm_config=llm_config, vq_config=vq_config.to_dict(), llm_vocab_size=llm_vocab,
                          codebook_size=codebook, num_vq_tokens=tokens, image_size=image_size,
                          max_text_len=max_text_len, eos_token_id=eos, bos_token_id=eos)

@@ -85,7 +85,7 @@ def build_showo(spec: TinySpec, dtype: str = "float32") -> tuple[Any, Any]:
     phi = PhiConfig(
         hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
         intermediate_size=spec.intermediate_size, partial_rotary_factor=0.5, rope_theta=10000.0,
-        hidden_act="gelu_new", layer_norm_eps=1e-5, max_position_embeddings=1024,
+        hidden_act="gelu_new", layer_norm_eps=1e-5, max_position_embeddings=1024, qk_layernorm=True,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
     ).to_dict()
     config = ShowoConfig(
