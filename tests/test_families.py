@@ -59,7 +59,7 @@ def toy_family(tmp_path, monkeypatch):
 
 def test_a_new_folder_is_a_new_family(toy_family):
     families = toy_family.supported_types()
-    assert families == ["janus", "toy"]
+    assert families == ["janus", "showo", "toy"]
     toy = toy_family.family_named("toy")
     assert toy_family.adapter_class_for({"model_type": "toy"}) is toy
     assert toy_family.adapter_class_for({"model_type": "janus"}).family == "janus"

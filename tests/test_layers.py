@@ -189,15 +189,16 @@ def test_only_the_host_folder_imports_the_host_or_names_its_files():
     assert offenders == []
 
 
-def test_only_a_family_folder_and_the_examples_name_janus():
-    allowed = (ROOTS["unigap"] / "models" / "janus", ROOTS["unigap"] / "shapesworld")
+@pytest.mark.parametrize("family", ["janus", "showo"])
+def test_only_a_family_folder_and_the_examples_name_the_family(family):
+    allowed = (ROOTS["unigap"] / "models" / family, ROOTS["unigap"] / "shapesworld")
     offenders = []
     for path in _python_files_outside(allowed[0]):
         if allowed[1] in path.parents:
             continue
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            # the embedded default model's name (models/shapes-janus) is a path, not family knowledge
-            if re.search(r"janus", re.sub(r"shapes-janus", "", line), re.I):
+            # an embedded default model's name (models/shapes-janus) is a path, not family knowledge
+            if re.search(family, re.sub(r"shapes-" + family, "", line), re.I):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:80]}")
     assert offenders == []
 
