@@ -97,6 +97,21 @@ def _check_against(module: Any, tensors: dict[str, Any], source: Path, what: str
             raise ConvertError(f"{source}: {key!r} has shape {list(tensors[key].shape)}, {what} needs {list(shape)}")
 
 
+def _magvit_config(folder: Path) -> Any:
+    """The released MAGVIT-v2 architecture, with the values its ``config.json`` gives for keys unigap's
+    ``MagvitConfig`` knows (other keys are ignored: the tensors' shapes are checked one by one anyway)."""
+    from .magvit import MagvitConfig
+
+    path = folder / "config.json"
+    given = _json(path) if path.is_file() else {}
+    defaults = MagvitConfig().to_dict()
+    known = {k: v for k, v in given.items() if k in defaults}
+    try:
+        return MagvitConfig.from_dict({**defaults, **known})
+    except (ValueError, TypeError) as err:
+        raise ConvertError(f"{path}: {err}") from None
+
+
 def convert_showo(showo_dir: str, magvit_dir: str, phi_dir: str, out: str, *, dtype: str = "float32",
                   image_size: int | None = None, max_text_len: int = 129, overwrite: bool = False) -> Path:
     """Convert the released folders into ``out`` (see the module's docstring); returns ``out``."""
@@ -104,7 +119,7 @@ def convert_showo(showo_dir: str, magvit_dir: str, phi_dir: str, out: str, *, dt
     from transformers import AutoTokenizer
 
     from .checkpoint import add_showo_tokens, save_checkpoint
-    from .magvit import MagvitConfig, MagvitV2
+    from .magvit import MagvitConfig, MagvitV2  # noqa: F401
     from .modeling import ShowoConfig, ShowoForConditionalGeneration
 
     showo, magvit, phi = Path(showo_dir), Path(magvit_dir), Path(phi_dir)
@@ -127,7 +142,7 @@ def convert_showo(showo_dir: str, magvit_dir: str, phi_dir: str, out: str, *, dt
     llm = _json(phi / "config.json")
     if llm.get("model_type") != "phi":
         raise ConvertError(f"{phi / 'config.json'} is a {llm.get('model_type')!r} config, not Phi's")
-    vq_config = MagvitConfig()
+    vq_config = _magvit_config(magvit)
     if vq_config.codebook_size != codebook:
         raise ConvertError(f"{showo / 'config.json'}: codebook_size {codebook} but MAGVIT-v2 has {vq_config.codebook_size} codes")
     side = int(round(math.sqrt(tokens)))
