@@ -191,10 +191,12 @@ def load_loop_config(path: str | None, overrides: Sequence[str] = ()) -> LoopCon
         if not sep or not key.strip():
             raise LoopConfigError(f"override {item!r} must look like key=value")
         values[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    from ..models import sampling_keys
-
-    generation = set(sampling_keys(selfplay_only=True))
     known = [f.name for f in dataclasses.fields(LoopConfig) if f.name != "sampling"]
+    generation: set[str] = set()
+    if any(key not in known for key in values):  # generation keys: only then are the families (torch) imported
+        from ..models import sampling_keys
+
+        generation = set(sampling_keys(selfplay_only=True))
     for key in values:
         if key not in known and key not in generation:
             raise LoopConfigError(f"unknown loop key '{key}'{did_you_mean(key, known + sorted(generation))}")

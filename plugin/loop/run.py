@@ -53,6 +53,21 @@ class Model:
     adapter: str | None = None
 
 
+def early_stop(values: list[float], metric: str, patience: int, min_delta: float) -> str | None:
+    """Stop when the score (``values``: rounds 0, 1, ...) has not improved on its best by more than
+    ``min_delta`` for ``patience`` rounds in a row; returns the reason, or None to go on."""
+    sign = SCORES[metric]
+    best, since = values[0], 0
+    for value in values[1:]:
+        if sign * (value - best) > min_delta:
+            best, since = value, 0
+        else:
+            since += 1
+    if since >= patience:
+        return f"{metric} has not improved by more than {min_delta} for {since} round(s) (patience {patience})"
+    return None
+
+
 def claim_directory(config: LoopConfig) -> Path:
     """Create the loop directory, or check that an existing one was made with these settings."""
     out = Path(config.output_dir)
@@ -277,18 +292,8 @@ class Loop:
         c = self.config
         if not c.early_stop_metric or evaluated < 2:
             return None
-        values = [self.score(r) for r in range(evaluated)]
-        sign = SCORES[c.early_stop_metric]
-        best, since = values[0], 0
-        for value in values[1:]:
-            if sign * (value - best) > c.early_stop_min_delta:
-                best, since = value, 0
-            else:
-                since += 1
-        if since >= c.early_stop_patience:
-            return (f"{c.early_stop_metric} has not improved by more than {c.early_stop_min_delta} for "
-                    f"{since} round(s) (patience {c.early_stop_patience})")
-        return None
+        return early_stop([self.score(r) for r in range(evaluated)], c.early_stop_metric, c.early_stop_patience,
+                          c.early_stop_min_delta)
 
     def score(self, r: int) -> float:
         from .evaluate import _rate
