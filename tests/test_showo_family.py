@@ -12,6 +12,9 @@ import math
 import pytest
 import torch
 
+from showo_helpers import gen_row as _gen_row
+from showo_helpers import masked_logp, quadrants
+
 from unigap.models import adapter_class_for, family_for_checkpoint, family_named
 
 PROMPT = "a red square"
@@ -26,28 +29,6 @@ def showo(tiny_showo):
 
 def _target(seed: int, n: int = 64) -> list[int]:
     return torch.randint(0, 8192, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def _gen_row(adapter, prompt: str, codes) -> list[int]:
-    return adapter.gen_prompt_ids(prompt) + adapter.gen_image_ids(adapter.spec, codes) + [adapter.tokenizer.eos_token_id]
-
-
-def masked_logp(model, adapter, prompt: str, codes, masks: int = 4) -> float:
-    """Mean log p(target code) at masked positions, over a fully masked image and ``masks`` fixed random masks,
-    read from the model's plain forward (the measure the tests trust)."""
-    spec, config = adapter.spec, model.config
-    row = torch.tensor([_gen_row(adapter, prompt, codes)])
-    first = row[0].tolist().index(spec.boi_token_id) + 1
-    total, count = 0.0, 0
-    for k in range(masks + 1):
-        chosen = torch.arange(len(codes)) if k == 0 else torch.randperm(len(codes), generator=torch.Generator().manual_seed(k))[: len(codes) // 2]
-        ids = row.clone()
-        ids[0, first + chosen] = config.mask_token_id
-        with torch.no_grad():
-            logp = model(input_ids=ids).logits[0].float().log_softmax(-1)
-        total += float(logp[first + chosen, row[0, first + chosen]].sum())
-        count += len(chosen)
-    return total / count
 
 
 # ---------------------------------------------------------------------------------------------- registry, layout
@@ -208,8 +189,7 @@ def test_generation_sft_raises_likelihood_and_the_codes_the_sampler_reproduces(t
 
     adapter = ShowoAdapter.load(str(tiny_showo), dtype=torch.float32)
     model = adapter.model
-    # an 8 x 8 image of four flat quadrants (four codes of 8192): learnable by a 2-layer model in seconds
-    target = [[101, 2002, 3003, 4004][(r // 4) * 2 + (c // 4)] for r in range(8) for c in range(8)]
+    target = quadrants(7)  # four flat quadrants (four codes of 8192): learnable by a 2-layer model in seconds
     row = torch.tensor([_gen_row(adapter, PROMPT, target)] * 4)
     batch = {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row}
 
@@ -222,7 +202,7 @@ def test_generation_sft_raises_likelihood_and_the_codes_the_sampler_reproduces(t
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []
-    for step in range(30):
+    for step in range(45):
         out = adapter.sft_loss(model, batch, prompt_dropout=0.1, step=step)
         optimizer.zero_grad()
         out["loss"].backward()
