@@ -315,6 +315,8 @@ def test_sampler_rows_do_not_depend_on_the_batch(model):
     assert torch.equal(same[0], batch[0]) and torch.equal(same[2], batch[0])
     assert (same[1] != same[0]).float().mean() > 0.2
     assert torch.equal(maskgit_generate(model, ps, [11, 12, 13], **KW), batch)
+    # all rows in one forward per step (default) == one row at a time, bit for bit
+    assert torch.equal(maskgit_generate(model, ps, [11, 12, 13], **KW, batched=False), batch)
 
 
 def test_no_unconditional_pass_without_guidance(model):
@@ -323,13 +325,20 @@ def test_no_unconditional_pass_without_guidance(model):
                                                    with_kwargs=True)
     try:
         ps = _prompts(model.config)[:2]
-        maskgit_generate(model, ps, [1, 2], **dict(KW, guidance_scale=0.0))
+        maskgit_generate(model, ps, [1, 2], **dict(KW, guidance_scale=0.0), batched=False)
         assert batches and set(batches) == {1}
-        assert len(batches) == 2 + 2 * KW["steps"]  # one prefill per prompt, one span pass per step
+        assert len(batches) == 2 + 2 * KW["steps"]  # one prefill per prompt, one span pass per row and step
         batches.clear()
-        maskgit_generate(model, ps, [1, 2], **KW)
+        maskgit_generate(model, ps, [1, 2], **KW, batched=False)
         # two prefills + the unconditional one, then cond and uncond spans together
         assert batches[:2] == [1, 1] and batches.count(2) == 2 * KW["steps"] and len(batches) == 3 + 2 * KW["steps"]
+        batches.clear()
+        maskgit_generate(model, ps, [1, 2], **dict(KW, guidance_scale=0.0))
+        # batched: one prefill per prompt, then one span pass per step for both rows
+        assert batches == [1, 1] + [2] * KW["steps"]
+        batches.clear()
+        maskgit_generate(model, ps, [1, 2], **KW)
+        assert batches == [1, 1, 1] + [4] * KW["steps"]  # 2 rows and their 2 unconditional twins
     finally:
         hook.remove()
 
