@@ -11,7 +11,7 @@ MODEL  := models/shapes-janus
 EXDATA := outputs/examples/data/dataset_info.json
 PIP    := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip
 
-.PHONY: setup test demo evidence bench clean
+.PHONY: setup test demo demo-variants demo-one-round evidence bench clean
 
 setup: $(STAMP) $(MODEL)/config.json $(EXDATA)
 
@@ -43,7 +43,18 @@ $(EXDATA): $(STAMP) $(MODEL)/config.json $(MODEL)/model.safetensors yaml_example
 test: setup
 	$(BIN)/python -m pytest tests
 
+# The whole loop on the embedded default: 2 rounds of self-play -> build -> llamafactory-cli train ->
+# held-out evaluation (own judge + exact oracle); rerun to resume (outputs/loop/shapes-janus).
 demo: setup
+	$(BIN)/unigap loop yaml_examples/loop_shapes.yaml
+
+# One round of C-SFT and of DPO as loops of their own (the SFT round is round 1 of `make demo`).
+demo-variants: setup
+	$(BIN)/unigap loop yaml_examples/loop_shapes_csft.yaml
+	$(BIN)/unigap loop yaml_examples/loop_shapes_dpo.yaml
+
+# The earlier one-round demo: SFT, C-SFT and DPO side by side on one page (outputs/demo/summary.md).
+demo-one-round: setup
 	$(BIN)/python scripts/demo.py
 
 # The paper's claims on ShapesWorld (several seeds, CIs): about 10 minutes per seed on 2 CPU cores.

@@ -7,7 +7,8 @@ Layers, bottom to top (a module may import its own layer and the ones below):
 1. model families: ``unigap.models`` (one folder per family)
 2. core: self-play, report, build, encode, curriculum, replay, loading, training
 3. host: ``unigap.host.<name>`` (the only place that imports the host or knows its files)
-4. examples: ``unigap.shapesworld`` (an example world and experiment, used like a user would)
+4. examples: ``unigap.shapesworld`` (an example world and experiment, used like a user would) and
+   ``unigap.loop`` (the loop over rounds: it runs the commands, training only through the host's CLI)
 5. entry points: the command line, the start-up hook
 
 Every ``import`` counts, at module level or inside a function (a lazy import is still a dependency).
