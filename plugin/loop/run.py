@@ -102,7 +102,7 @@ class Loop:
         self.out = claim_directory(config).resolve()
         self.journal = Journal(self.out)
         self.live = cmd.Live(config.progress)
-        self.total_stages = 1 + config.rounds * (3 + len(self.templates) + self.n_exports + 1)
+        self.total_stages = 1 + config.rounds * (2 + len(self.templates) + self.n_exports + 1)
         self.count = 0
 
     # ------------------------------------------------------------------ plan
