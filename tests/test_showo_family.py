@@ -7,7 +7,6 @@ omni-attention mask built by the model), not with the adapter's training path.
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
@@ -214,7 +213,6 @@ def test_generation_sft_raises_likelihood_and_the_codes_the_sampler_reproduces(t
     assert before_share < 0.02 and after_share > 0.3, (before_share, after_share)
     assert sum(losses[-5:]) < sum(losses[:5])
     assert all(torch.equal(v, model.vq_model.state_dict()[k]) for k, v in vq_before.items())
-    assert before_logp == pytest.approx(-math.log(model.config.vocab_size), abs=0.5)
 
 
 def test_dpo_raises_the_margin_against_an_unchanged_reference(tiny_showo):

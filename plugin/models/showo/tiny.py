@@ -100,6 +100,11 @@ def build_showo(spec: TinySpec, dtype: str = "float32") -> tuple[Any, Any]:
         model = ShowoForConditionalGeneration(config).eval()
     finally:
         torch.set_default_dtype(previous)
+    # Phi's final LayerNorm bounds the hidden state's norm (~sqrt(hidden)); with lm_head at the usual std 0.02
+    # a 64-wide model's logits could only span ~2 nats, and a LoRA (which leaves lm_head frozen) could never
+    # make a code or an answer likely.  A wider head lets the tiny model learn like a real one does.
+    with torch.no_grad():
+        model.showo.lm_head.weight.normal_(0.0, 2.0 / spec.hidden_size**0.5)
     return model, tokenizer
 
 
