@@ -9,11 +9,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.unigap-installed
 MODEL  := models/shapes-janus
 EXDATA := outputs/examples/data/dataset_info.json
+SHOWO  := models/tiny-showo
+SHOWODATA := outputs/examples-showo/data/dataset_info.json
 PIP    := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip
 
 .PHONY: setup test demo demo-variants demo-one-round evidence bench clean
 
-setup: $(STAMP) $(MODEL)/config.json $(EXDATA)
+setup: $(STAMP) $(MODEL)/config.json $(EXDATA) $(SHOWODATA)
 
 $(STAMP): setup.cfg setup.py pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +41,19 @@ $(EXDATA): $(STAMP) $(MODEL)/config.json $(MODEL)/model.safetensors yaml_example
 	$(BIN)/unigap selfplay yaml_examples/selfplay.yaml output_dir=outputs/examples/selfplay progress=false
 	$(BIN)/unigap build sft outputs/examples/selfplay --out outputs/examples/data --name gap_selfplay --with-und
 	$(BIN)/unigap build dpo outputs/examples/selfplay --out outputs/examples/data --name gap_selfplay_dpo
+
+# The Show-o examples (yaml_examples/showo_*.yaml): a tiny RANDOM Show-o (offline, seconds) and its own
+# self-play data. A random model says yes rarely (P(yes) about 0.03-0.3), so the build's threshold is set
+# to split its prompts between accepted images and a discard pool for replay; the data shows the
+# formats and runs the recipes, it is not meant to improve anything.
+$(SHOWO)/config.json: $(STAMP) plugin/models/showo/tiny.py
+	$(BIN)/unigap tiny-model --family showo --out $(SHOWO) --force
+
+$(SHOWODATA): $(SHOWO)/config.json yaml_examples/showo_selfplay.yaml yaml_examples/prompts/shapes.jsonl
+	rm -rf outputs/examples-showo
+	$(BIN)/unigap selfplay yaml_examples/showo_selfplay.yaml output_dir=outputs/examples-showo/selfplay num_candidates=2 steps=8 progress=false
+	$(BIN)/unigap build sft outputs/examples-showo/selfplay --out outputs/examples-showo/data --name showo_selfplay --with-und --threshold 0.15
+	$(BIN)/unigap build dpo outputs/examples-showo/selfplay --out outputs/examples-showo/data --name showo_selfplay_dpo --any-outcome
 
 test: setup
 	$(BIN)/python -m pytest tests

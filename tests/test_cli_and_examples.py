@@ -138,3 +138,34 @@ def test_shipped_example_data_is_reproducible_from_the_default_model(tmp_path):
     assert files == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     _, mismatch, errors = filecmp.cmpfiles(shipped, out, files, shallow=False)
     assert not mismatch and not errors, mismatch + errors
+
+
+@pytest.mark.e2e
+def test_showo_yaml_examples_run_as_is_from_the_repo_root(tmp_path):
+    """The Show-o examples on models/tiny-showo and the self-play data `make setup` builds for it."""
+    showo = ROOT / "models" / "tiny-showo"
+    data = ROOT / "outputs/examples-showo/data"
+    assert (showo / "config.json").exists() and (data / "dataset_info.json").exists(), "run `make setup`"
+    proc = run([str(BIN / "unigap"), "selfplay", "yaml_examples/showo_selfplay.yaml", f"output_dir={tmp_path / 'sp'}",
+                "num_candidates=1", "steps=2", "progress=false"], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_info = json.loads((tmp_path / "sp" / "run.json").read_text())
+    sampling = {k: run_info["config"].get(k) for k in ("guidance_scale", "steps", "temperature", "compound_temperature")}
+    assert sampling == {"guidance_scale": 1.75, "steps": 2, "temperature": 1.0, "compound_temperature": True}
+    cli = str(BIN / "llamafactory-cli")
+    for name in ("showo_sft", "showo_dpo"):
+        out = tmp_path / name
+        proc = run([cli, "train", f"yaml_examples/{name}.yaml", f"output_dir={out}"], cwd=ROOT)
+        assert proc.returncode == 0, f"{name}:\n{proc.stderr[-4000:]}"
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        losses = [row["loss"] for row in history if "loss" in row]
+        assert losses and losses[-1] < losses[0], (name, losses)
+    check = json.loads((tmp_path / "showo_dpo" / "unigap_reference_check.json").read_text())
+    assert check["unchanged"] and check["precomputed_pairs"] > 0, check
+    pool = len((data / "showo_selfplay" / "discard_pool.jsonl").read_text().splitlines())
+    out = tmp_path / "showo_csft"
+    proc = run([cli, "train", "yaml_examples/showo_csft.yaml", f"output_dir={out}", "num_train_epochs=2",
+                "replay_epochs=1"], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "unigap_replay/epoch_1/summary.json").read_text())
+    assert summary["prompts_tried"] == pool > 0 and summary["settings"]["steps"] == 8
