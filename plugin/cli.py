@@ -204,7 +204,7 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
             text = f"{helps.get(key, '')} ({family.family}; default {defaults[key]})"
             kind = hints[key]
             if kind is bool:
-                group.add_argument(flag, dest=key, action="store_const", const=True, default=None, help=text)
+                group.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=text)
             else:
                 base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
                 group.add_argument(flag, dest=key, type=base, default=None, help=text)
