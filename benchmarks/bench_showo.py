@@ -86,12 +86,16 @@ def _real_tokenizer() -> Any:
     return add_showo_tokens(tokenizer, REAL_TEXT_VOCAB)
 
 
-def _build_real(device: str, dtype: str) -> ShowoAdapter:
-    """The released 256-px Show-o's shapes (24 layers), random, built in place on ``device`` in ``dtype``."""
+def _build_real(device: str, dtype: str, num_layers: int | None = None) -> ShowoAdapter:
+    """The released 256-px Show-o's shapes (24 layers, or ``num_layers``), random, built in place on ``device`` in
+    ``dtype``."""
     from unigap.models.showo.magvit import MagvitConfig
     from unigap.models.showo.modeling import ShowoConfig, ShowoForConditionalGeneration, phi_1_5_config_dict
 
-    config = ShowoConfig(llm_config=phi_1_5_config_dict(), vq_config=MagvitConfig().to_dict(),
+    llm = phi_1_5_config_dict()
+    if num_layers:
+        llm["num_hidden_layers"] = num_layers
+    config = ShowoConfig(llm_config=llm, vq_config=MagvitConfig().to_dict(),
                          llm_vocab_size=REAL_TEXT_VOCAB, codebook_size=8192, num_vq_tokens=256, image_size=256,
                          max_text_len=129, bos_token_id=REAL_EOS_ID, eos_token_id=REAL_EOS_ID)
     tokenizer = _real_tokenizer()
