@@ -64,10 +64,18 @@ def _sft(tmp_path, tiny_model, example_data, name, env, finetuning_type="full", 
     return out, lf_train(cfg, tmp_path / name, env=env, timeout=300)
 
 
-@pytest.mark.parametrize("finetuning_type", ["full", "lora"])
-def test_fsdp2_gen_sft_really_shards_and_trains_like_ddp(tmp_path, tiny, tiny_model, example_data, finetuning_type):
+@pytest.fixture(scope="module", params=["full", "lora"])
+def fsdp2_vs_ddp(request, tmp_path_factory, tiny_model, example_data):
+    """The same generation SFT under FSDP2 and as plain DDP: (finetuning type, FSDP2 output, DDP output)."""
+    root = tmp_path_factory.mktemp(f"fsdp2_{request.param}")
+    fsdp, _ = _sft(root, tiny_model, example_data, "fsdp2", CPU_FSDP, request.param, **FSDP2)
+    ddp, _ = _sft(root, tiny_model, example_data, "ddp", TWO, request.param)
+    return request.param, fsdp, ddp
+
+
+def test_fsdp2_gen_sft_really_shards_and_trains_like_ddp(tiny, fsdp2_vs_ddp):
+    finetuning_type, out, ddp = fsdp2_vs_ddp
     numel, nbytes = _full(tiny)
-    out, _ = _sft(tmp_path, tiny_model, example_data, "fsdp2", CPU_FSDP, finetuning_type, **FSDP2)
     reports = _reports(out)
     for r in reports:
         _assert_sharded(r, numel if finetuning_type == "full" else None)
@@ -80,10 +88,92 @@ def test_fsdp2_gen_sft_really_shards_and_trains_like_ddp(tmp_path, tiny, tiny_mo
     _assert_halves(reports)
     _assert_halves(reports, "trainable_local_bytes")
     # the same run as plain DDP: the whole model on each rank, and the same losses
-    ddp, _ = _sft(tmp_path, tiny_model, example_data, "ddp", TWO, finetuning_type)
     for r in _reports(ddp):
         assert set(r["by_type"]) == {"Parameter"} and r["local_bytes"] == total
     assert _losses(out) == pytest.approx(_losses(ddp), rel=1e-4, abs=1e-5)
+
+
+def _trained(out: Path) -> dict[str, list[float]]:
+    """Each trainable parameter's float64 sum and sum of squares at the end of training, added over the ranks'
+    shards (``checksums_end`` of the sharding reports)."""
+    total: dict[str, list[float]] = {}
+    for r in _reports(out):
+        for name, (s, q) in r["checksums_end"].items():
+            acc = total.setdefault(name, [0.0, 0.0])
+            acc[0] += s
+            acc[1] += q
+    return total
+
+
+def _sums(t) -> list[float]:
+    t = t.detach().double()
+    return [float(t.sum()), float((t * t).sum())]
+
+
+def _assert_saved_full(out: Path, tiny) -> tuple:
+    """``out`` holds a plain transformers checkpoint that the family loader loads, whose every trainable tensor is
+    the trained one (``_trained``) and every frozen one the initial one; returns (family adapter, its parameters)."""
+    import torch
+    from unigap.loading import load_unified
+
+    trained, initial = _trained(out), dict(tiny[0].named_parameters())
+    assert trained and (out / "model.safetensors").exists() and not list(out.glob("pytorch_model_fsdp*"))
+    model = load_unified(str(out), device="cpu", dtype="float32")
+    saved = dict(model.model.named_parameters())
+    assert saved.keys() == initial.keys()
+    for name, p in saved.items():
+        if name in trained:
+            assert _sums(p) == pytest.approx(trained[name], rel=1e-9, abs=1e-9), name
+        else:  # frozen (the vision tower, the VQ, ...)
+            assert torch.equal(p, initial[name]), name
+    assert any(not torch.equal(saved[n], initial[n]) for n in trained)
+    return model, saved
+
+
+def test_fsdp2_saves_the_trained_weights(tiny, tiny_model, fsdp2_vs_ddp):
+    """FSDP2's default (sharded) state dict makes the host's ``save_model`` write no weights; unigap's trainers
+    gather the full state dict and save it as any run's.  Every trainable tensor in the file is the trained one
+    (its checksum equals the ranks' checksums of their trained shards added up), every frozen one the initial
+    one; the family loader loads it and it draws an image; the DDP run saved the same weights."""
+    import torch
+    from unigap.loading import load_unified
+
+    finetuning_type, out, ddp = fsdp2_vs_ddp
+    trained = _trained(out)
+    assert trained
+    initial = dict(tiny[0].named_parameters())
+    if finetuning_type == "full":
+        model, saved = _assert_saved_full(out, tiny)
+        reference = dict(load_unified(str(ddp), device="cpu", dtype="float32").model.named_parameters())
+    else:
+        from safetensors.torch import load_file
+
+        saved = load_file(out / "adapter_model.safetensors")
+        names = {name.replace(".default.", "."): name for name in trained}  # the file drops the adapter's name
+        assert saved.keys() == names.keys()
+        for key, tensor in saved.items():
+            assert _sums(tensor) == pytest.approx(trained[names[key]], rel=1e-9, abs=1e-9), key
+        reference = load_file(ddp / "adapter_model.safetensors")
+        model = load_unified(str(tiny_model), adapter_name_or_path=str(out), device="cpu", dtype="float32")
+        merged = dict(model.model.named_parameters())
+        assert any(not torch.equal(merged[n], initial[n]) for n in initial if "language_model" in n)
+    assert reference.keys() == saved.keys()
+    for name, tensor in reference.items():
+        assert torch.allclose(saved[name], tensor, rtol=1e-4, atol=1e-6), name
+    codes = model.generate(["a red square"], seeds=[0])
+    assert codes.shape == (1, model.spec.num_image_tokens)
+
+
+def test_fsdp2_full_state_dict_saves_through_the_host(tmp_path, tiny, tiny_model, example_data):
+    """``FSDP_STATE_DICT_TYPE=FULL_STATE_DICT`` (what an accelerate config's ``fsdp_state_dict_type:
+    FULL_STATE_DICT`` sets; the YAML's ``fsdp_config`` has no key for it): the host gathers and saves the full
+    weights itself, and unigap does not save them a second time."""
+    out, proc = _sft(tmp_path, tiny_model, example_data, "full_sd", {**CPU_FSDP, "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"},
+                     **FSDP2)
+    for r in _reports(out):
+        _assert_sharded(r)
+    _assert_saved_full(out, tiny)
+    assert "the full weights were gathered" not in proc.stdout + proc.stderr
 
 
 def test_fsdp_keys_on_cpu_without_the_engine_are_reported_as_ddp(tmp_path, tiny, tiny_model, example_data):
@@ -112,6 +202,7 @@ def test_fsdp2_dpo_shards_policy_and_reference_and_keeps_the_reference(tmp_path,
     _assert_halves(reports)
     check = json.loads((out / "unigap_reference_check.json").read_text())
     assert check["unchanged"] and check["tensors"] > 0, check
+    _assert_saved_full(out, tiny)  # the trained policy, saved whole (FSDP2's default sharded state dict saves none)
 
 
 def _replay(tmp_path, tiny_model, cur_data, name, env, **extra) -> Path:  # noqa: F811

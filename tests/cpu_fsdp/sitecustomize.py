@@ -19,5 +19,9 @@ if os.environ.get("UNIGAP_TEST_CPU_FSDP") == "1":
         if fsdp_plugin is not None and self.distributed_type == _DT.MULTI_CPU:
             self.distributed_type = _DT.FSDP
             self.fsdp_plugin = fsdp_plugin
+            # as accelerate's own __init__ ends: every later AcceleratorState() copies PartialState's distributed type
+            # over its own, so without this the run falls back to MULTI_CPU after its first re-construction (the
+            # optimizer's), and accelerator.get_state_dict then returns the sharded DTensors instead of full tensors
+            _state.PartialState._shared_state["distributed_type"] = _DT.FSDP
 
     _state.AcceleratorState.__init__ = _cpu_fsdp_init

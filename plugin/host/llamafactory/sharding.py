@@ -62,6 +62,15 @@ def local_checksum(module: Any) -> float:
     return total
 
 
+def parameter_checksums(module: Any) -> dict[str, list[float]]:
+    """Per trainable parameter (named as in the unwrapped model: a DDP wrapper's ``module.`` dropped): float64 sum
+    and sum of squares of this rank's local values (its shard for a sharded parameter).  Summed over the ranks they
+    are the whole parameter's, which is how a test checks that saved weights are the trained ones."""
+    from ...training import checksum
+
+    return {name.removeprefix("module."): list(checksum(p)) for name, p in module.named_parameters() if p.requires_grad}
+
+
 def parameter_report(module: Any) -> dict[str, Any]:
     """Per parameter type: count, local elements and bytes, and the global elements where the type knows them."""
     by_type: dict[str, dict[str, int]] = {}
@@ -116,7 +125,7 @@ def write_report(trainer: Any, model: Any, **extra: Any) -> Path:
 def install(trainer: Any) -> None:
     """Warn when FSDP is asked for but inactive; with ``UNIGAP_REPORT_SHARDING`` set, report every rank's
     parameters when training begins (plus checksums of its local trainable values at the beginning and the end,
-    evidence that the shards were trained)."""
+    evidence that the shards were trained, and at the end one per trainable parameter)."""
     warn_if_not_sharded(trainer)
     if not wanted():
         return
@@ -133,7 +142,8 @@ def install(trainer: Any) -> None:
             write_report(trainer, model(), checksum_begin=self.begin)
 
         def on_train_end(self, args, state, control, **kwargs):
-            write_report(trainer, model(), checksum_begin=self.begin, checksum_end=local_checksum(model()))
+            write_report(trainer, model(), checksum_begin=self.begin, checksum_end=local_checksum(model()),
+                         checksums_end=parameter_checksums(model()))
 
     trainer.add_callback(_ShardingReport())
 
@@ -142,6 +152,30 @@ def fsdp_version(trainer: Any) -> int | None:
     """1 or 2 when the host's accelerator really runs FSDP, else None."""
     plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
     return None if plugin is None else int(getattr(plugin, "fsdp_version", 1) or 1)
+
+
+def save_full_weights(trainer: Any, output_dir: str) -> bool:
+    """FSDP2 with a sharded state dict (accelerate's default for FSDP2, and the only one the YAML's ``fsdp`` keys
+    give): the host's ``save_model`` writes no weights at all.  Gather the full state dict instead (a collective:
+    every rank calls this; rank 0 receives it in CPU memory) and save it as a run without FSDP saves its model
+    (``Trainer._save``: ``save_pretrained`` in safetensors, or the adapter alone for LoRA, with the tokenizer /
+    processor and training arguments).  True when it saved; False (nothing done) without FSDP2 or when the state
+    dict type is already ``FULL_STATE_DICT``, which the host saves itself."""
+    if fsdp_version(trainer) != 2:
+        return False
+    plugin = trainer.accelerator.state.fsdp_plugin
+    if "FULL_STATE_DICT" in str(getattr(plugin, "state_dict_type", "")):
+        return False
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from .common import logger
+
+    state = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if trainer.args.should_save:
+        trainer._save(output_dir, state_dict=state)
+    logger().info_rank0(f"unigap: FSDP2 ({plugin.state_dict_type}): the full weights were gathered and saved to "
+                        f"{output_dir}")
+    return True
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from ...training import FORWARD_KEY, fingerprint, pair_keys, release_storage, un
 from .common import HostDataError, logger
 from .curriculum import checkpoint_path, make_curriculum, unified_setup
 from .sharding import install as install_sharding_report
+from .sharding import save_full_weights
 
 
 class UnifiedDPOTrainer(CustomDPOTrainer):
@@ -40,6 +41,12 @@ class UnifiedDPOTrainer(CustomDPOTrainer):
         if getattr(self, "_unigap_cur", None) is not None:
             return self._unigap_cur.sampler()
         return super()._get_train_sampler(*args, **kwargs)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        # FSDP2 with the default sharded state dict: the host saves no model; unigap saves the full weights
+        if self._unigap is not None and not _internal_call:
+            save_full_weights(self, output_dir or self.args.output_dir)
+        return super().save_model(output_dir, _internal_call)
 
     def log(self, logs, *args, **kwargs):
         if getattr(self, "_unigap_cur", None) is not None and "loss" in logs:

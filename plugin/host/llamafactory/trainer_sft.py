@@ -12,6 +12,7 @@ from ...training import FORWARD_KEY, RunningStats
 from .common import HostDataError
 from .curriculum import checkpoint_path, make_curriculum, unified_setup
 from .sharding import install as install_sharding_report
+from .sharding import save_full_weights
 
 
 class UnifiedSeq2SeqTrainer(CustomSeq2SeqTrainer):
@@ -38,6 +39,12 @@ class UnifiedSeq2SeqTrainer(CustomSeq2SeqTrainer):
         if getattr(self, "_unigap_cur", None) is not None:
             self._unigap_cur.restore(checkpoint_path(self.args, resume_from_checkpoint))
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        # FSDP2 with the default sharded state dict: the host saves no model; unigap saves the full weights
+        if self._unigap is not None and not _internal_call:
+            save_full_weights(self, output_dir or self.args.output_dir)
+        return super().save_model(output_dir, _internal_call)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None, **kwargs):
         if self._unigap is None:
