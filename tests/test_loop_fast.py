@@ -3,6 +3,8 @@ held-out figures against a recount, launchers, early stop, the independent judge
 
 from __future__ import annotations
 
+import os
+
 import json
 from pathlib import Path
 
@@ -211,3 +213,33 @@ def test_independent_judge_reads_p_yes_in_one_forward(tmp_path):
     assert 0.0 < together[0] < 1.0
     with pytest.raises(JudgeModelError, match=str(tmp_path / "nothing")):
         VLMJudge(str(tmp_path / "nothing"))
+
+
+def test_a_sigterm_to_the_loop_stops_the_command_it_is_running(tmp_path):
+    """`kill` / `timeout` / a scheduler stopping the loop must not leave its self-play or training running."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom unigap.loop.commands import Command, Live, run_command\n"
+        f"run_command(Command([sys.executable, '-c', {child!r}]), Path({str(tmp_path / 'log.txt')!r}), "
+        "stage='s', label='l', live=Live(False))\n"
+    )
+    loop = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and loop.poll() is None, "the command never started"
+        time.sleep(0.1)
+    child_pid = int(pid_file.read_text())
+    loop.send_signal(signal.SIGTERM)
+    assert loop.wait(timeout=30) == 128 + signal.SIGTERM
+    try:
+        os.kill(child_pid, 0)
+        alive = not open(f"/proc/{child_pid}/stat").read().split()[2] == "Z"
+    except ProcessLookupError:
+        alive = False
+    assert not alive, "the command kept running after the loop was stopped"

@@ -15,13 +15,16 @@ stage (elapsed time, images/s or steps, ETA), then the stage's outcome.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +145,35 @@ def train_progress(output_dir: Path) -> Callable[[float], str]:
     return probe
 
 
+@contextlib.contextmanager
+def _stop_child_with_us(proc: subprocess.Popen) -> Iterator[None]:
+    """A SIGTERM (``kill``, ``timeout``, a scheduler) or Ctrl-C that stops the loop stops the running command
+    too, instead of leaving it to run on unattended; the stage it was in is redone on the next run."""
+    def stop(signum: int) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
+        stop(signal.SIGTERM)
+        raise SystemExit(128 + signal.SIGTERM)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if main else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        stop(signal.SIGINT)
+        raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def run_command(cmd: Command, log_path: Path, *, stage: str, label: str, live: Live,
                 probe: Callable[[float], str] | None = None, kill_when: Callable[[], bool] | None = None,
                 child_env: Mapping[str, str] | None = None, cwd: str | None = None) -> float:
@@ -160,18 +192,19 @@ def run_command(cmd: Command, log_path: Path, *, stage: str, label: str, live: L
     start = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen([str(a) for a in cmd.argv], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-        while True:
-            try:
-                code = proc.wait(timeout=0.2)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if kill_when is not None and kill_when():
-                proc.kill()
-                proc.wait()
-                die()
-            if probe is not None:
-                live.update(f"  {label}: {time.perf_counter() - start:.0f}s, {probe(time.perf_counter() - start)}")
+        with _stop_child_with_us(proc):
+            while True:
+                try:
+                    code = proc.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if kill_when is not None and kill_when():
+                    proc.kill()
+                    proc.wait()
+                    die()
+                if probe is not None:
+                    live.update(f"  {label}: {time.perf_counter() - start:.0f}s, {probe(time.perf_counter() - start)}")
     seconds = time.perf_counter() - start
     if kill_when is not None:
         die()  # the command ended before the probe fired: die before the journal records it
