@@ -527,7 +527,8 @@ def _gib(x: Any) -> str:
 
 def table(report: dict[str, Any]) -> str:
     s = report["sections"]
-    lines = [f"unigap device check ({report['mode']}, {report['dtype']}); {report['started']}, {report['wall_s']:.0f} s"]
+    lines = [(f"unigap device check ({report['mode']}, {report['device']}, {report['dtype']}); {report['started']}, "
+              f"{report['wall_s']:.0f} s")]
     dev = s.get("device", {}).get("result", {})
     if dev:
         nominal = dev.get("nominal_bandwidth_Bps")
@@ -581,7 +582,8 @@ def run_parent(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    report: dict[str, Any] = {"schema": 1, "mode": "cpu-smoke" if args.cpu_smoke else "gpu", "device": args.device,
+    mode = "cpu-smoke" if args.cpu_smoke else "real-shapes"
+    report: dict[str, Any] = {"schema": 1, "mode": mode, "device": args.device,
                               "dtype": args.dtype, "started": datetime.now(UTC).isoformat(timespec="seconds"),
                               "budget_s": args.budget_s, "selfplay_batches": args.selfplay_batches,
                               "train_batches": args.train_batches, "repeats": args.repeats, "sections": {}}

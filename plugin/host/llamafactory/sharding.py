@@ -10,6 +10,10 @@ FSDP2, ``FlatParameter`` for FSDP1, ``ZeRO3Parameter`` for DeepSpeed ZeRO-3, ``P
 
 An FSDP or ZeRO-3 configuration that silently falls back to plain data parallelism shows here as plain
 parameters whose local bytes equal the whole model's.
+
+Saving: under FSDP2 with a sharded state dict (accelerate's default) the host's final ``save_model`` writes no
+weights; :func:`save_full_weights` gathers and saves them (the trainers call it).  Whole parameters for replay's
+generation: :func:`whole_parameters`.
 """
 
 from __future__ import annotations
