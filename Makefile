@@ -81,6 +81,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_selfplay.py
 	$(BIN)/python benchmarks/bench_build.py
 	$(BIN)/python benchmarks/bench_curriculum.py
+	$(BIN)/python benchmarks/bench_showo.py --quick
 
 # models/shapes-janus is committed and never removed; models/tiny-janus is what older checkouts built
 # (tests and benchmarks/bench_curriculum.py now build their tiny random model in a temp dir).
