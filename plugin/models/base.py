@@ -240,6 +240,28 @@ class UnifiedAdapter(ABC):
     image_mean: tuple[float, ...]
     image_std: tuple[float, ...]
 
+    # ------------------------------------------------------------------ shared helpers
+    def _base(self) -> Any:
+        """The loaded model under any PEFT wrapper."""
+        get_base = getattr(self.model, "get_base_model", None)
+        return get_base() if callable(get_base) else self.model
+
+    def answer_token_ids(self, words: Sequence[str] = ("Yes", "No")) -> list[int]:
+        """The first token of " word" for each answer word (cached), as the judge reads them."""
+        key = tuple(words)
+        cache = self.__dict__.setdefault("_answer_ids", {})
+        if key not in cache:
+            out = []
+            for word in key:
+                ids = self.tokenizer.encode(" " + word, add_special_tokens=False)
+                if not ids:
+                    raise FamilyError(f"the tokenizer encodes {word!r} to nothing")
+                out.append(ids[0])
+            if len(set(out)) != len(out):
+                raise FamilyError(f"the answers {list(key)} share their first token; pick other answer words")
+            cache[key] = out
+        return cache[key]
+
     # ------------------------------------------------------------------ checkpoint
     @classmethod
     @abstractmethod

@@ -291,12 +291,6 @@ class JanusAdapter(UnifiedAdapter):
     def dtype(self) -> torch.dtype:
         return self.model.model.vqmodel.quant_conv.weight.dtype
 
-    def _base(self):
-        """The JanusForConditionalGeneration under any PEFT wrapper."""
-        model = self.model
-        get_base = getattr(model, "get_base_model", None)
-        return get_base() if callable(get_base) else model
-
     def pixels(self, images: Sequence[Any], size: int | None = None, fit: str = "crop") -> torch.Tensor:
         """PIL images -> normalised (B, 3, size, size) pixels.
 
@@ -437,24 +431,6 @@ class JanusAdapter(UnifiedAdapter):
         return codes
 
     # ------------------------------------------------------------------ understanding branch
-    def answer_token_ids(self, words: Sequence[str] = ("Yes", "No")) -> list[int]:
-        key = tuple(words)
-        cache = self.__dict__.setdefault("_answer_ids", {})
-        if key not in cache:
-            cache[key] = self._answer_token_ids(key)
-        return cache[key]
-
-    def _answer_token_ids(self, words: Sequence[str]) -> list[int]:
-        out = []
-        for word in words:
-            ids = self.tokenizer.encode(" " + word, add_special_tokens=False)
-            if not ids:
-                raise FamilyError(f"the tokenizer encodes {word!r} to nothing")
-            out.append(ids[0])
-        if len(set(out)) != len(out):
-            raise FamilyError(f"the answers {list(words)} share their first token; pick other answer words")
-        return out
-
     @torch.no_grad()
     def judge(self, images: Sequence[Any], questions: Sequence[str], fit: str = "pad") -> torch.Tensor:
         """P(yes) against P(no) for each (image, question); batch-invariant, bit for bit.

@@ -234,11 +234,6 @@ class ShowoAdapter(UnifiedAdapter):
         return ids[(ids >= spec.gen_offset) & (ids < spec.gen_offset + spec.codebook_size)] - spec.gen_offset
 
     # ------------------------------------------------------------------ helpers
-    def _base(self):
-        model = self.model
-        get_base = getattr(model, "get_base_model", None)
-        return get_base() if callable(get_base) else model
-
     @property
     def device(self) -> torch.device:
         return next(self._base().vq_model.parameters()).device
@@ -332,21 +327,6 @@ class ShowoAdapter(UnifiedAdapter):
         )
 
     # ------------------------------------------------------------------ understanding branch
-    def answer_token_ids(self, words: Sequence[str] = ("Yes", "No")) -> list[int]:
-        key = tuple(words)
-        cache = self.__dict__.setdefault("_answer_ids", {})
-        if key not in cache:
-            out = []
-            for word in key:
-                ids = self.text_ids(" " + word)
-                if not ids:
-                    raise FamilyError(f"the tokenizer encodes {word!r} to nothing")
-                out.append(ids[0])
-            if len(set(out)) != len(out):
-                raise FamilyError(f"the answers {list(key)} share their first token; pick other answer words")
-            cache[key] = out
-        return cache[key]
-
     @torch.no_grad()
     def judge(self, images: Sequence[Any], questions: Sequence[str], fit: str = "crop") -> torch.Tensor:
         """P(yes) against P(no) at the end of Show-o's understanding prompt, one forward per row (batch 1,
@@ -410,10 +390,10 @@ class ShowoAdapter(UnifiedAdapter):
             targets[r, end] = spec.eoi_token_id
             ids[r, chosen] = config.mask_token_id
             if not dpo and prompt_dropout > 0 and float(torch.rand((), generator=gen, dtype=torch.float64)) < prompt_dropout:
-                self._drop_prompt(ids, mask, targets, r, first - 1)
+                self._drop_prompt(ids, mask, r, first - 1)
         return ids, mask, targets
 
-    def _drop_prompt(self, ids: torch.Tensor, mask: torch.Tensor | None, targets: torch.Tensor, r: int, soi: int) -> None:
+    def _drop_prompt(self, ids: torch.Tensor, mask: torch.Tensor | None, r: int, soi: int) -> None:
         """Row ``r`` becomes the unconditional prompt: ``[PAD]*k <|t2i|> <eos> <eos> <|soi|> ...``."""
         spec, config = self.spec, self._base().config
         row = ids[r, :soi].tolist()
@@ -427,7 +407,6 @@ class ShowoAdapter(UnifiedAdapter):
         keep = ids[r, start : start + 2].clone()
         ids[r, text + start : text + start + 2] = keep
         ids[r, start : start + text] = spec.pad_token_id
-        targets[r, : soi - 1] = IGNORE_INDEX
         if mask is not None:
             mask[r, start : start + text] = 0
 
