@@ -7,15 +7,19 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.unigap-installed
-MODEL  := models/shapes-janus
+DEFAULT := models/shapes-janus
+SHAPES_SHOWO := models/shapes-showo
+# `make demo` / `make evidence` run on MODEL: the embedded Janus (default) or the embedded Show-o
+MODEL  := $(DEFAULT)
+DEMO_YAML = $(if $(filter %shapes-showo %shapes-showo/,$(MODEL)),yaml_examples/loop_shapes_showo.yaml,$(if $(filter %shapes-janus %shapes-janus/,$(MODEL)),yaml_examples/loop_shapes.yaml,))
 EXDATA := outputs/examples/data/dataset_info.json
 SHOWO  := models/tiny-showo
 SHOWODATA := outputs/examples-showo/data/dataset_info.json
 PIP    := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/python -m pip
 
-.PHONY: setup test demo demo-variants demo-one-round evidence bench clean
+.PHONY: setup test demo demo-model demo-variants demo-one-round evidence evidence-compare bench clean
 
-setup: $(STAMP) $(MODEL)/config.json $(EXDATA) $(SHOWODATA)
+setup: $(STAMP) $(DEFAULT)/config.json $(SHAPES_SHOWO)/config.json $(EXDATA) $(SHOWODATA)
 
 $(STAMP): setup.cfg setup.py pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,16 +31,17 @@ $(STAMP): setup.cfg setup.py pyproject.toml constraints.txt
 	$(BIN)/llamafactory-cli version > /dev/null
 	touch $@
 
-# The embedded default model: a tiny Janus trained on ShapesWorld (scripts/train_default.py, 45 min
-# on CPU), committed to the repository. Nothing builds it here: a checkout without it is broken.
-$(MODEL)/config.json $(MODEL)/model.safetensors:
-	@echo "error: $(MODEL) is missing: it is committed to the repository (git checkout -- $(MODEL)," >&2
-	@echo "       or rebuild it with scripts/train_default.py)" >&2
+# The embedded models: a tiny Janus (the default) and a tiny Show-o trained on ShapesWorld
+# (scripts/train_default.py [--family showo], under an hour each on CPU), committed to the repository.
+# Nothing builds them here: a checkout without them is broken.
+$(DEFAULT)/config.json $(DEFAULT)/model.safetensors $(SHAPES_SHOWO)/config.json:
+	@echo "error: $(@D) is missing: it is committed to the repository (git checkout -- $(@D)," >&2
+	@echo "       or rebuild it with scripts/train_default.py --family $(if $(findstring showo,$@),showo,janus))" >&2
 	@exit 1
 
 # The self-play dataset of the curriculum examples (gap_csft.yaml, gap_dpo_curriculum.yaml): the default
 # model's own images, judged by itself and built by unigap, with the discard pool that replay retries.
-$(EXDATA): $(STAMP) $(MODEL)/config.json $(MODEL)/model.safetensors yaml_examples/selfplay.yaml yaml_examples/prompts/shapes.jsonl
+$(EXDATA): $(STAMP) $(DEFAULT)/config.json $(DEFAULT)/model.safetensors yaml_examples/selfplay.yaml yaml_examples/prompts/shapes.jsonl
 	rm -rf outputs/examples
 	$(BIN)/unigap selfplay yaml_examples/selfplay.yaml output_dir=outputs/examples/selfplay progress=false
 	$(BIN)/unigap build sft outputs/examples/selfplay --out outputs/examples/data --name gap_selfplay --with-und
@@ -58,10 +63,14 @@ $(SHOWODATA): $(SHOWO)/config.json yaml_examples/showo_selfplay.yaml yaml_exampl
 test: setup
 	$(BIN)/python -m pytest tests
 
-# The whole loop on the embedded default: 2 rounds of self-play -> build -> llamafactory-cli train ->
+# The whole loop on an embedded model: 2 rounds of self-play -> build -> llamafactory-cli train ->
 # held-out evaluation (own judge + exact oracle); rerun to resume (outputs/loop/shapes-janus).
-demo: setup
-	$(BIN)/unigap loop yaml_examples/loop_shapes.yaml
+# `make demo MODEL=models/shapes-showo`: the same loop on the embedded Show-o (outputs/loop/shapes-showo).
+demo: demo-model setup
+	$(BIN)/unigap loop $(DEMO_YAML)
+
+demo-model:
+	@test -n "$(DEMO_YAML)" || { echo "error: no demo loop for MODEL=$(MODEL) (models/shapes-janus or models/shapes-showo)" >&2; exit 2; }
 
 # One round of C-SFT and of DPO as loops of their own (the SFT round is round 1 of `make demo`).
 demo-variants: setup
@@ -72,9 +81,15 @@ demo-variants: setup
 demo-one-round: setup
 	$(BIN)/python scripts/demo.py
 
-# The paper's claims on ShapesWorld (several seeds, CIs): about 10 minutes per seed on 2 CPU cores.
+# The paper's claims on ShapesWorld (several seeds, CIs) for MODEL (outputs/evidence/<model name>; rerun to resume).
 evidence: setup
-	$(BIN)/unigap evidence --model models/shapes-janus --out outputs/evidence --seeds 0,1,2
+	$(BIN)/unigap evidence --model $(MODEL) --out outputs/evidence/$(notdir $(patsubst %/,%,$(MODEL))) --seeds 0,1,2
+
+# Both embedded models' evidence, then one table per claim, Janus vs Show-o (outputs/evidence/compare/compare.md).
+evidence-compare: setup
+	$(BIN)/unigap evidence --model $(DEFAULT) --out outputs/evidence/shapes-janus --seeds 0,1,2
+	$(BIN)/unigap evidence --model $(SHAPES_SHOWO) --out outputs/evidence/shapes-showo --seeds 0,1,2
+	$(BIN)/unigap evidence-compare outputs/evidence/shapes-janus outputs/evidence/shapes-showo --out outputs/evidence/compare
 
 bench: setup
 	$(BIN)/python benchmarks/bench_gen_training.py

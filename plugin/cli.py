@@ -166,12 +166,28 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else MODELS
     cfg = EvidenceConfig(model=args.model, out=args.out, seeds=seeds, models=models)
-    for key in ("cfg_scale", "num_candidates", "eval_samples", "und_items", "sft_epochs", "dpo_epochs", "replay_epoch", "grad_pairs"):
+    for item in args.gen or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UnigapError(f"--gen takes KEY=VALUE (a sampling key of the model's family), got {item!r}")
+        import yaml
+
+        cfg.generation[key.strip()] = yaml.safe_load(value)
+    for key in ("num_candidates", "eval_samples", "und_items", "sft_epochs", "dpo_epochs", "replay_epoch", "grad_pairs"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     result = run_evidence(cfg)
     print(markdown(result, result["config"]))
     print(f"unigap evidence: wrote {args.out}/evidence.md and evidence.json")
+    return 0
+
+
+def _cmd_evidence_compare(args: argparse.Namespace) -> int:
+    from .shapesworld.compare import markdown, write_comparison
+
+    comparison = write_comparison(args.runs, args.out)
+    print(markdown(comparison))
+    print(f"unigap evidence-compare: wrote {args.out}/compare.md and compare.json")
     return 0
 
 
@@ -284,8 +300,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--out", default="outputs/evidence")
     ev.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (each: its own self-play and trainings)")
     ev.add_argument("--models", help="subset of base,sft,csft,dpo (default: all)")
-    ev.add_argument("--cfg-scale", dest="cfg_scale", type=float,
-                    help="classifier-free guidance of self-play, replay and measurement (default 1.0: none)")
+    ev.add_argument("--gen", action="append", metavar="KEY=VALUE",
+                    help="a sampling key of the model's family for self-play, replay and measurement (its keys: "
+                    "`unigap generate --help`); default: the family's unguided sampling")
     ev.add_argument("--num-candidates", dest="num_candidates", type=int)
     ev.add_argument("--eval-samples", dest="eval_samples", type=int, help="images per test prompt per model and seed")
     ev.add_argument("--und-items", dest="und_items", type=int, help="understanding questions per test prompt")
@@ -294,6 +311,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--replay-epoch", dest="replay_epoch", type=int)
     ev.add_argument("--grad-pairs", dest="grad_pairs", type=int, help="matched samples per seed for claim 6")
     ev.set_defaults(func=_cmd_evidence)
+
+    ec = sub.add_parser(
+        "evidence-compare",
+        help="the paper's claims side by side for several `unigap evidence` runs (e.g. one per model family)",
+        description="One table per claim, one column per evidence run, figures with their 95%% intervals and each "
+        "run's verdict; writes OUT/compare.md and compare.json.",
+    )
+    ec.add_argument("runs", nargs="+", metavar="EVIDENCE_DIR", help="finished `unigap evidence` output directories")
+    ec.add_argument("--out", default="outputs/evidence/compare")
+    ec.set_defaults(func=_cmd_evidence_compare)
 
     lp = sub.add_parser(
         "loop",

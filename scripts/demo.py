@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by scripts/demo.py: the next demo run replaces this directory\n")
     n = args.num_candidates or (4 if args.quick else 6)
-    cfg = EvidenceConfig(model=str(model), cfg_scale=args.cfg_scale, num_candidates=n)
+    cfg = EvidenceConfig(model=str(model), generation={"cfg_scale": args.cfg_scale}, num_candidates=n)
     if args.quick:
         cfg.sft_epochs, cfg.replay_epoch, cfg.dpo_epochs = 2, 1, 2
     unigap = BIN / "unigap"

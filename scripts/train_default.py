@@ -1,15 +1,20 @@
-"""Train the ShapesWorld Janus (unigap's embedded default) from scratch, on CPU, reproducibly from a seed.
+"""Train a ShapesWorld model of either family from scratch, on CPU, reproducibly from a seed.
 
-    .venv/bin/python scripts/train_default.py [--seed 0] [--out models/shapes-janus] [--work outputs/shapes-train]
+    .venv/bin/python scripts/train_default.py [--family janus] [--seed 0] [--out models/shapes-janus]
+    .venv/bin/python scripts/train_default.py --family showo        # -> models/shapes-showo
+
+``--family janus`` (the default) builds unigap's embedded default ``models/shapes-janus``;
+``--family showo`` the embedded Show-o ``models/shapes-showo``: the same world, data, phases
+and settings, only the model family (and its template) differs.
 
 Stages (each one's result is kept in --work; a rerun skips the finished ones):
 
-0. build a Janus-architecture model from transformers' own classes with a BPE
-   tokenizer trained offline on the world's texts, and train its VQ tokenizer by
-   the supervised shortcut (codes = cell colours);
+0. build the family's model (Janus: transformers' own classes; Show-o: Phi +
+   MAGVIT-v2) with a BPE tokenizer trained offline on the world's texts, and
+   train its VQ tokenizer by the supervised shortcut (codes = cell colours);
 1. phase 1, understanding only: Yes/No questions (the self-judge's wording, exact
    answers, negatives from easy to one-attribute edits) + the captioning task,
-   through ``llamafactory-cli train`` (stage sft, full fine-tuning, template janus);
+   through ``llamafactory-cli train`` (stage sft, full fine-tuning, the family's template);
 2. phase 2, joint: Yes/No + captions + image generation rows (PNG + codes), again
    through ``llamafactory-cli train``;
 3. evaluate on the held-out prompts (val and test) against the exact oracle with
@@ -42,6 +47,19 @@ MODEL_FILES = (
     "processor_config.json",
     "chat_template.jinja",
 )
+#: per family: where it goes, its host template, how it is described, and its guided sampling for the report
+FAMILIES: dict[str, dict[str, Any]] = {
+    "janus": {
+        "out": "shapes-janus", "work": "shapes-train", "template": "janus", "generation": {"cfg_scale": 5.0},
+        "what": "A tiny Janus (transformers' `JanusForConditionalGeneration`)",
+    },
+    "showo": {
+        "out": "shapes-showo", "work": "shapes-train-showo", "template": "showo",
+        "generation": {"guidance_scale": 1.75},
+        "what": "A tiny Show-o (unigap's `ShowoForConditionalGeneration`: transformers' Phi + MAGVIT-v2 with a "
+                "2-bit lookup-free quantiser)",
+    },
+}
 
 
 def log(message: str) -> None:
@@ -50,10 +68,11 @@ def log(message: str) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--family", choices=sorted(FAMILIES), default="janus")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train / val / test prompt split")
-    p.add_argument("--out", default=str(ROOT / "models" / "shapes-janus"))
-    p.add_argument("--work", default=str(ROOT / "outputs" / "shapes-train"))
+    p.add_argument("--out", default=None, help="default: models/shapes-<family>")
+    p.add_argument("--work", default=None, help="default: outputs/shapes-train (Janus), outputs/shapes-train-showo")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--vq-seconds", type=float, default=300.0)
     p.add_argument("--phase1-steps", type=int, default=1000)
@@ -65,8 +84,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gen-loss-weight", type=float, default=0.25)
     p.add_argument("--eval-items", type=int, default=64, help="understanding items per held-out prompt")
     p.add_argument("--eval-samples", type=int, default=32, help="generated images per held-out prompt")
-    p.add_argument("--cfg-scale", type=float, default=5.0)
-    return p.parse_args(argv)
+    p.add_argument("--gen", action="append", default=[], metavar="KEY=VALUE",
+                   help="the family's sampling keys for the evaluation (default: cfg_scale=5 / guidance_scale=1.75)")
+    args = p.parse_args(argv)
+    family = FAMILIES[args.family]
+    args.out = args.out or str(ROOT / "models" / family["out"])
+    args.work = args.work or str(ROOT / "outputs" / family["work"])
+    args.generation = dict(family["generation"])
+    for item in args.gen:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--gen takes KEY=VALUE, got {item!r}")
+        args.generation[key.strip()] = json.loads(value)
+    return args
 
 
 def _mix(text: str) -> dict[str, int]:
@@ -88,21 +118,32 @@ def _mark_done(path: Path, info: dict[str, Any]) -> None:
 
 
 def stage0(args: argparse.Namespace, work: Path) -> Path:
-    from unigap.shapesworld.model import ShapesSpec, build_model, save_model, spec_dict, train_vq
 
     out = work / "stage0"
     if _done(out):
         log(f"stage 0 already done ({out})")
         return out
-    spec = ShapesSpec(seed=args.seed)
     start = time.time()
-    model, tokenizer, processor = build_model(spec)
+    if args.family == "showo":
+        from unigap.shapesworld import model_showo as world_model
+
+        spec = world_model.ShowoShapesSpec(seed=args.seed)
+        model, tokenizer = world_model.build_model(spec)
+    else:
+        from unigap.shapesworld import model as world_model
+
+        spec = world_model.ShapesSpec(seed=args.seed)
+        model, tokenizer, processor = world_model.build_model(spec)
     log(f"model built: {sum(p.numel() for p in model.parameters())} parameters, text vocab {len(tokenizer)}")
-    vq = train_vq(model, seconds=args.vq_seconds, seed=args.seed, log=log)
+    vq = world_model.train_vq(model, seconds=args.vq_seconds, seed=args.seed, log=log)
     log(f"VQ: {vq}")
     if min(vq["scenes_exact_codes"], vq["scenes_exact_decodes"]) < 1.0 or vq["random_grids_exact_decodes"] < 0.98:
         raise SystemExit(f"the VQ tokenizer is not exact enough ({vq}); raise --vq-seconds")
-    save_model(model, tokenizer, processor, out, {"spec": spec_dict(spec), "vq": vq})
+    made = {"spec": world_model.spec_dict(spec), "vq": vq}
+    if args.family == "showo":
+        world_model.save_model(model, tokenizer, out, made)
+    else:
+        world_model.save_model(model, tokenizer, processor, out, made)
     _mark_done(out, {"seconds": round(time.time() - start, 1), "vq": vq})
     return out
 
@@ -145,7 +186,7 @@ def lf_phase(
         "freeze_multi_modal_projector": False,
         "dataset": name,
         "dataset_dir": str(data_dir),
-        "template": "janus",
+        "template": FAMILIES[args.family]["template"],
         "cutoff_len": 256,
         "output_dir": str(out),
         "overwrite_output_dir": True,
@@ -202,7 +243,7 @@ def stage_eval(args: argparse.Namespace, model_dir: Path, work: Path, tag: str) 
     wanted = {
         "und_items_per_prompt": args.eval_items,
         "gen_samples_per_prompt": args.eval_samples,
-        "cfg_scale": args.cfg_scale,
+        "generation": args.generation,
     }
     if path.is_file():  # reused only when it was measured with the same settings
         cached = json.loads(path.read_text())
@@ -216,7 +257,7 @@ def stage_eval(args: argparse.Namespace, model_dir: Path, work: Path, tag: str) 
         und_items=args.eval_items,
         gen_samples=args.eval_samples,
         seed=args.seed,
-        cfg_scale=args.cfg_scale,
+        generation=args.generation,
     )
     result["settings"] = {
         **wanted,
@@ -255,17 +296,18 @@ def publish(args: argparse.Namespace, model_dir: Path, work: Path, result: dict[
         "split_seed": args.split_seed,
         "spec": made["spec"],
         "vq": made["vq"],
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work", "gen")},
         "wall_seconds": timings,
     }
     with atomic_directory(args.out, overwrite=True) as tmp:
         for name in MODEL_FILES:
-            shutil.copy2(model_dir / name, tmp / name)
+            if (model_dir / name).is_file() or name in ("config.json", "model.safetensors"):
+                shutil.copy2(model_dir / name, tmp / name)
         (tmp / "shapesworld.json").write_text(json.dumps(how, indent=2) + "\n")
         (tmp / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         write_prompt_files(make_splits(args.split_seed), tmp / "prompts")
         (tmp / "README.md").write_text(
-            "# shapes-janus\n\nA tiny Janus (transformers' `JanusForConditionalGeneration`) trained from scratch on "
+            f"# {Path(args.out).name}\n\n{FAMILIES[args.family]['what']} trained from scratch on "
             "ShapesWorld (`unigap.shapesworld`) by `scripts/train_default.py` "
             f"(`{how['made_by']}`, {sum(timings.values()) / 60:.0f} min on {args.threads} CPU thread(s)): its VQ "
             "tokenizer by the "

@@ -59,3 +59,35 @@ def test_make_demo_loop_two_rounds_on_the_embedded_default_reports_true_figures(
     assert report["best_round"] in (0, 1, 2)
     md = (out / "report/report.md").read_text()
     assert f"**Best round: {report['best_round']}**" in md and "oracle accuracy per difficulty" in md
+
+
+def test_make_demo_takes_either_embedded_model():
+    """`make demo MODEL=...`: the Janus loop by default, the Show-o loop for models/shapes-showo, a clear error
+    for any other model (dry runs: what make would execute)."""
+    def dry(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "-n", "demo", *args], cwd=ROOT, capture_output=True, text=True)
+
+    assert "unigap loop yaml_examples/loop_shapes.yaml" in dry().stdout
+    assert "unigap loop yaml_examples/loop_shapes_showo.yaml" in dry("MODEL=models/shapes-showo").stdout
+    assert "unigap loop yaml_examples/loop_shapes.yaml" in dry("MODEL=models/shapes-janus/").stdout
+    other = subprocess.run(["make", "demo", "MODEL=models/mine"], cwd=ROOT, capture_output=True, text=True)
+    assert other.returncode != 0 and "no demo loop for MODEL=models/mine" in other.stderr
+
+
+@pytest.mark.e2e
+def test_make_demo_loop_runs_on_the_embedded_showo(tmp_path):
+    """`make demo MODEL=models/shapes-showo` = `unigap loop yaml_examples/loop_shapes_showo.yaml`, reduced: one
+    round on 12 train prompts; the trained round is Show-o trained by the host with template showo."""
+    out = tmp_path / "loop"
+    proc = subprocess.run([sys.executable, "-m", "unigap", "loop", "yaml_examples/loop_shapes_showo.yaml",
+                           f"output_dir={out}", "rounds=1", "max_train_prompts=12", "eval_candidates=2",
+                           "progress=false"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "report/report.json").read_text())
+    assert report["rounds_done"] == 1 and [r["round"] for r in report["rounds"]] == [0, 1]
+    written = (out / "round_1/train_0/train.yaml").read_text()
+    assert "template: showo" in written and "shapes-showo" in written
+    assert report["rounds"][1]["train"][0]["train_loss"] > 0
+    run = out / report["rounds"][1]["eval_run"]
+    assert json.loads((run / "run.json").read_text())["config"]["guidance_scale"] == 0.0
+    assert len((run / "records.jsonl").read_text().splitlines()) == 20 * 2

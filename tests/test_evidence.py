@@ -102,8 +102,8 @@ def test_evidence_refuses_an_output_made_with_other_settings(tmp_path):
     out = tmp_path / "ev"
     out.mkdir()
     settings = {k: v for k, v in EvidenceConfig(model=str(SHAPES)).__dict__.items() if k not in ("out", "seeds", "models")}
-    (out / CONFIG_FILE).write_text(json.dumps({**settings, "cfg_scale": 3.0}))
-    with pytest.raises(EvidenceError, match=r"cfg_scale: 3.0 -> 1.0"):
+    (out / CONFIG_FILE).write_text(json.dumps({**settings, "generation": {"cfg_scale": 3.0}}))
+    with pytest.raises(EvidenceError, match=r"generation: \{'cfg_scale': 3.0\} -> \{\}"):
         run_evidence(EvidenceConfig(model=str(SHAPES), out=str(out), seeds=(0,)))
     assert [p.name for p in out.iterdir()] == [CONFIG_FILE]
     user = tmp_path / "user"

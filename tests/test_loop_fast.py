@@ -116,7 +116,8 @@ def test_bad_loop_settings_fail_before_anything_runs_naming_the_item(tmp_path):
     assert not (tmp_path / "loop").exists()
 
 
-@pytest.mark.parametrize("name", ["loop_shapes.yaml", "loop_shapes_csft.yaml", "loop_shapes_dpo.yaml"])
+@pytest.mark.parametrize("name", ["loop_shapes.yaml", "loop_shapes_csft.yaml", "loop_shapes_dpo.yaml",
+                                  "loop_shapes_showo.yaml"])
 def test_shipped_loop_examples_load_and_plan(name, tmp_path, monkeypatch):
     from unigap.loop.config import load_loop_config
     from unigap.loop.run import Loop

@@ -150,6 +150,13 @@ class SamplingParams:
     def validate(self, prefix: str = "") -> None:
         """Range checks (a family overrides); raise :class:`FamilyError` naming ``prefix + key``."""
 
+    @classmethod
+    def unguided(cls) -> dict[str, Any]:
+        """The keys that make the sampler draw from the model's own conditional distribution: no
+        classifier-free guidance (a family overrides; measurements that must sample the model itself,
+        e.g. ``unigap evidence``, start from these)."""
+        return {}
+
     def as_dict(self, selfplay_only: bool = False) -> dict[str, Any]:
         keep = self.keys(selfplay_only)
         return {k: v for k, v in dataclasses.asdict(self).items() if k in keep}

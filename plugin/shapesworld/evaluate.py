@@ -15,7 +15,7 @@ self-judge's one-pass P(yes)), ``generate`` + ``decode_codes`` for generation.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from PIL import Image
@@ -66,19 +66,22 @@ def generation_records(
     queries: Sequence[Query],
     samples_per_prompt: int = 8,
     seed: int = 0,
-    cfg_scale: float = 5.0,
-    temperature: float = 1.0,
+    generation: Mapping[str, Any] | None = None,
     batch: int = 64,
 ) -> list[dict[str, Any]]:
-    """One record per sampled image: the oracle's verdict and the model's own (its judge)."""
+    """One record per sampled image: the oracle's verdict and the model's own (its judge).
+
+    ``generation``: the family's sampling keys (e.g. ``{"cfg_scale": 5.0}`` for Janus, ``{"guidance_scale":
+    1.75}`` for Show-o); the keys not given take the family's defaults."""
     from ..selfplay import DEFAULT_QUESTION
 
+    params = adapter.sampling_params(dict(generation or {}))
     jobs = [(q, i) for q in queries for i in range(samples_per_prompt)]
     records = []
     for start in range(0, len(jobs), batch):
         chunk = jobs[start : start + batch]
         seeds = [hash_seed(seed, q.id, i) for q, i in chunk]
-        codes = adapter.generate([q.text for q, _ in chunk], seeds=seeds, cfg_scale=cfg_scale, temperature=temperature)
+        codes = adapter.generate([q.text for q, _ in chunk], seeds=seeds, params=params)
         images = adapter.decode_codes(codes)
         p_yes = adapter.judge(images, [DEFAULT_QUESTION.format(prompt=q.text) for q, _ in chunk]).tolist()
         for (q, _), img, p in zip(chunk, images, p_yes):
@@ -120,7 +123,7 @@ def evaluate_model(
     und_items: int = 8,
     gen_samples: int = 8,
     seed: int = 0,
-    cfg_scale: float = 5.0,
+    generation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Per split and for all splits together ("held_out"): understanding and generation summaries."""
     import torch
@@ -134,7 +137,7 @@ def evaluate_model(
     gen_all: list[dict[str, Any]] = []
     for name, queries in splits.items():
         und = understanding_records(adapter, queries, und_items, seed)
-        gen = generation_records(adapter, queries, gen_samples, seed, cfg_scale=cfg_scale)
+        gen = generation_records(adapter, queries, gen_samples, seed, generation=generation)
         und_all += und
         gen_all += gen
         result[name] = {"understanding": summarize_understanding(und), "generation": summarize_generation(gen)}

@@ -35,7 +35,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,9 @@ class EvidenceConfig:
     out: str = "outputs/evidence"
     seeds: tuple[int, ...] = (0, 1, 2)
     num_candidates: int = 4  # small N leaves a discard pool for C-SFT to replay (the paper also ran N = 2)
-    cfg_scale: float = 1.0  # self-play, replay and measurement sample from the model itself (no guidance)
+    #: the family's sampling keys, over its unguided defaults (Janus cfg_scale 1, Show-o guidance_scale 0):
+    #: self-play, replay and measurement sample from the model itself
+    generation: dict[str, Any] = field(default_factory=dict)
     threshold: float = 0.5
     eval_samples: int = 16  # images per test prompt per model and seed
     und_items: int = 16  # understanding questions per test prompt (half true, half near misses)
@@ -100,6 +102,15 @@ def oracle_run(run_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def sampling(cfg: EvidenceConfig) -> dict[str, Any]:
+    """The generation keys of every draw: the model family's unguided sampling, then ``cfg.generation``."""
+    from ..models import family_for_checkpoint
+
+    family = family_for_checkpoint(cfg.model)
+    params = family.sampling.from_values({**family.sampling.unguided(), **cfg.generation}, prefix="generation.")
+    return params.as_dict(selfplay_only=True)
+
+
 # ---------------------------------------------------------------------------------- stages
 def _selfplay(cfg: EvidenceConfig, seed: int, out: Path) -> Path:
     from ..selfplay import SelfPlayConfig, run_selfplay
@@ -108,7 +119,7 @@ def _selfplay(cfg: EvidenceConfig, seed: int, out: Path) -> Path:
     if not (run / "summary.json").exists():
         run_selfplay(SelfPlayConfig(
             model_name_or_path=cfg.model, prompts=str(Path(cfg.model) / "prompts" / "train.jsonl"),
-            num_candidates=cfg.num_candidates, cfg_scale=cfg.cfg_scale, seed=1000 + seed, batch_size=64,
+            num_candidates=cfg.num_candidates, sampling=sampling(cfg), seed=1000 + seed, batch_size=64,
             judge_threshold=cfg.threshold, output_dir=str(run), progress=False,
         ))
     return run
@@ -162,12 +173,12 @@ def _evaluate(cfg: EvidenceConfig, model_dir: str, queries: Sequence[Query], see
     adapter = load_unified(str(model_dir), device="cpu")
     result = {
         "generation": generation_records(adapter, queries, cfg.eval_samples, seed=5000 + seed,
-                                         cfg_scale=cfg.cfg_scale),
+                                         generation=sampling(cfg)),
         "understanding": understanding_records(adapter, queries, cfg.und_items, seed=6000 + seed),
     }
     if seen:  # the train prompts the self-play data came from (fewer samples: a secondary figure)
         result["seen_generation"] = generation_records(adapter, seen, max(1, cfg.eval_samples // 2),
-                                                       seed=7000 + seed, cfg_scale=cfg.cfg_scale)
+                                                       seed=7000 + seed, generation=sampling(cfg))
     _write_json(path, result)
     return result
 
@@ -454,6 +465,11 @@ def pct(e: dict[str, Any], signed: bool = False) -> str:
     return f"{fmt.format(100 * e['value'])} [{fmt.format(100 * e['ci'][0])}, {fmt.format(100 * e['ci'][1])}]"
 
 
+def _sampling_text(cfg: dict[str, Any]) -> str:
+    keys = cfg.get("sampling") or cfg.get("generation") or {}
+    return ", ".join(f"{k} {v}" for k, v in keys.items()) or "the family's unguided sampling"
+
+
 def markdown(result: dict[str, Any], cfg: dict[str, Any]) -> str:
     t, c = result["table"], result["claims"]
     per = result["prompts_per_level"]
@@ -461,7 +477,7 @@ def markdown(result: dict[str, Any], cfg: dict[str, Any]) -> str:
         "# unigap evidence: the paper's claims on ShapesWorld (exact oracle)",
         "",
         f"Model `{cfg['model']}`; seeds {', '.join(map(str, cfg['seeds']))}; self-play on the train prompts "
-        f"(N = {cfg['num_candidates']}, CFG {cfg['cfg_scale']}, threshold {cfg['threshold']}); measured on the "
+        f"(N = {cfg['num_candidates']}, {_sampling_text(cfg)}, threshold {cfg['threshold']}); measured on the "
         f"{result['prompts']} test prompts (easy {per['easy']}, medium {per['medium']}, hard {per['hard']}), "
         f"{cfg['eval_samples']} images and {cfg['und_items']} understanding questions per prompt, model and seed. "
         "Figures in %, [95% CI] from a bootstrap over seeds, then prompts, then the images / questions of each.",
@@ -610,6 +626,7 @@ def run_evidence(cfg: EvidenceConfig) -> dict[str, Any]:
             grads.append(json.loads(gpath.read_text()))
     result = analyse(evals, grads, selfplay, cfg.threshold)
     public = asdict(cfg)
+    public["sampling"] = sampling(cfg)
     result["config"] = public
     result["seconds"] = {k: round(v, 1) for k, v in times.items()}
     _write_json(out / "evidence.json", result)

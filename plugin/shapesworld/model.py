@@ -41,10 +41,12 @@ class ShapesSpec:
     text_vocab: int = 512
 
 
-def world_corpus() -> list[str]:
-    """Every text the model will read or write, for the BPE tokenizer."""
+def world_corpus(chat_lines: list[str] | None = None) -> list[str]:
+    """Every text the model will read or write, for the BPE tokenizer; ``chat_lines``: the family's own
+    chat texts (default: the Janus judge's system prompt, 100 times)."""
     # repeated so that BPE merges them into whole words (" Yes" and " No" must be one token each)
-    lines = [DEFAULT_SYSTEM] * 100 + [CAPTION_QUESTION] * 100 + [f" {YES}", f" {NO}"] * 500
+    chat = [DEFAULT_SYSTEM] * 100 if chat_lines is None else list(chat_lines)
+    lines = chat + [CAPTION_QUESTION] * 100 + [f" {YES}", f" {NO}"] * 500
     for q in all_queries():
         lines += [q.text, QUESTION.format(prompt=q.text)]
     for colour in COLOURS:
@@ -142,24 +144,24 @@ def train_vq(model: Any, seconds: float = 240.0, seed: int = 0, batch: int = 32,
     return figures
 
 
-def check_vq(model: Any, n: int = 512, seed: int = 1) -> dict[str, float]:
-    """Exactness of the VQ on the world's scenes and on random cell grids (any colour anywhere)."""
+def check_vq(model: Any, n: int = 512, seed: int = 1, roundtrip: Any = None) -> dict[str, float]:
+    """Exactness of the VQ on the world's scenes and on random cell grids (any colour anywhere).
+
+    ``roundtrip(model, grids) -> (codes, images)``: the family's encode of the grids' images and decode of
+    the grids as codes (default: the ShapesWorld Janus's)."""
     from .world import cell_grid, random_scene
 
+    roundtrip = roundtrip or _janus_roundtrip
     rng = random.Random(seed)
     scenes = np.stack([cell_grid(random_scene(rng)) for _ in range(n)])
-    out = {f"scenes_{k}": v for k, v in _vq_exactness(model, scenes).items()}
-    out.update(
-        {f"random_grids_{k}": v for k, v in _vq_exactness(model, random_grids(np.random.default_rng(seed), n)).items()}
-    )
+    out = {f"scenes_{k}": v for k, v in _vq_exactness(*roundtrip(model, scenes), scenes).items()}
+    grids = random_grids(np.random.default_rng(seed), n)
+    out.update({f"random_grids_{k}": v for k, v in _vq_exactness(*roundtrip(model, grids), grids).items()})
     return out
 
 
-def _vq_exactness(model: Any, grids: np.ndarray) -> dict[str, float]:
-    """Share of grids whose codes are exactly the cell colours, and whose decode reads back exactly."""
+def _janus_roundtrip(model: Any, grids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import torch
-
-    from .world import read_cells
 
     vq = model.model.vqmodel
     n = len(grids)
@@ -167,7 +169,13 @@ def _vq_exactness(model: Any, grids: np.ndarray) -> dict[str, float]:
     with torch.no_grad():
         codes = vq.encode(pixels).image_tokens.reshape(n, GRID, GRID).numpy()
         dec = vq.decode(torch.from_numpy(grids).reshape(n, -1))
-    images = ((dec.permute(0, 2, 3, 1).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    return codes, ((dec.permute(0, 2, 3, 1).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def _vq_exactness(codes: np.ndarray, images: np.ndarray, grids: np.ndarray) -> dict[str, float]:
+    """Share of grids whose codes are exactly the cell colours, and whose decode reads back exactly."""
+    from .world import read_cells
+
     exact_codes = float(np.mean([(c == g).all() for c, g in zip(codes, grids)]))
     read = [read_cells(img) for img in images]
     exact_decode = float(np.mean([r is not None and (r == g).all() for r, g in zip(read, grids)]))

@@ -57,6 +57,10 @@ class JanusSampling(SamplingParams):
     top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass in (0, 1]"})
     greedy: bool = field(default=False, metadata={"help": "argmax decoding instead of sampling", "selfplay": False})
 
+    @classmethod
+    def unguided(cls) -> dict[str, Any]:
+        return {"cfg_scale": 1.0}
+
     def validate(self, prefix: str = "") -> None:
         if self.temperature <= 0:
             raise FamilyError(f"{prefix}temperature must be > 0, got {self.temperature}")

@@ -69,6 +69,10 @@ class ShowoSampling(SamplingParams):
     compound_temperature: bool = field(default=True, metadata={
         "help": "the original sampler's noise decay: the scale is multiplied by (1 - ratio) at every step"})
 
+    @classmethod
+    def unguided(cls) -> dict[str, Any]:
+        return {"guidance_scale": 0.0}
+
     def validate(self, prefix: str = "") -> None:
         if self.guidance_scale < 0:
             raise FamilyError(f"{prefix}guidance_scale must be >= 0, got {self.guidance_scale}")

@@ -63,8 +63,13 @@ def showo_text_tokenizer(text_vocab: int, seed: int = 0) -> Any:
                                eos_token=EOS, prepend_bos=False, model_max_length=2048)
 
 
-def build_showo(spec: TinySpec, dtype: str = "float32") -> tuple[Any, Any]:
-    """A random tiny Show-o model and its tokenizer, in memory."""
+def build_showo(spec: TinySpec, dtype: str = "float32", *, tokenizer: Any = None,
+                vq_overrides: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """A random tiny Show-o model and its tokenizer, in memory.
+
+    ``tokenizer``: a text tokenizer of one's own (e.g. trained on a world's texts; Show-o's special
+    tokens are appended here); ``vq_overrides``: MagvitConfig fields to change (e.g. ``z_channels``
+    for a smaller codebook, ``enc_ch_mult`` / ``dec_ch_mult`` for another downsampling factor)."""
     import torch
     from transformers import PhiConfig
 
@@ -72,14 +77,16 @@ def build_showo(spec: TinySpec, dtype: str = "float32") -> tuple[Any, Any]:
     from .magvit import MagvitConfig
     from .modeling import ShowoConfig, ShowoForConditionalGeneration
 
-    vq = MagvitConfig(
+    vq_fields: dict[str, Any] = dict(
         ch=spec.vq_channels, enc_ch_mult=(1, 1, 2), enc_num_res_blocks=(1, 1, 1), dec_ch_mult=(1, 1, 2),
         dec_num_res_blocks=(1, 1, 1), resolution=spec.image_size,
     )
+    vq = MagvitConfig(**{**vq_fields, **(vq_overrides or {})})
     if spec.image_size % vq.downsample:
         raise FamilyError(f"image_size must be a multiple of {vq.downsample}, got {spec.image_size}")
     side = spec.image_size // vq.downsample
-    tokenizer = showo_text_tokenizer(spec.text_vocab, spec.seed)
+    if tokenizer is None:
+        tokenizer = showo_text_tokenizer(spec.text_vocab, spec.seed)
     llm_vocab = len(tokenizer)
     add_showo_tokens(tokenizer, llm_vocab)
     phi = PhiConfig(
