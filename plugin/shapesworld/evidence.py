@@ -519,7 +519,7 @@ def markdown(result: dict[str, Any], cfg: dict[str, Any]) -> str:
                   "| model | oracle accuracy | vs base | non-unification | vs base |", "|---|---|---|---|---|"]
         for m, row in result["seen_table"].items():
             lines.append(f"| {NAMES[m]} | {pct(row['oracle_accuracy'])} | "
-                         + (pct(row['oracle_accuracy_minus_base'], True) if m != "base" else "") + f" | "
+                         + (pct(row['oracle_accuracy_minus_base'], True) if m != "base" else "") + " | "
                          + f"{pct(row['non_unification'])} | "
                          + (pct(row['non_unification_minus_base'], True) if m != "base" else "") + " |")
     c1 = c["1"]
