@@ -127,6 +127,17 @@ def test_shipped_loop_examples_load_and_plan(name, tmp_path, monkeypatch):
     assert loop.total_stages >= 5 and loop.config.oracle == "shapesworld"
 
 
+def test_shipped_loop_examples_each_have_their_own_output_dir_and_model():
+    """Two examples sharing an output directory would refuse each other's runs (or mix them)."""
+    examples = sorted((ROOT / "yaml_examples").glob("loop_shapes*.yaml"))
+    configs = {p.name: yaml.safe_load(p.read_text()) for p in examples}
+    dirs = [c["output_dir"] for c in configs.values()]
+    assert len(configs) >= 4 and len(set(dirs)) == len(dirs), dirs
+    for name, c in configs.items():  # the output directory names the model it runs
+        assert Path(c["model_name_or_path"]).name in c["output_dir"], name
+        assert c["train_prompts"].startswith(c["model_name_or_path"]), name
+
+
 def _records(p_yes: list[list[float]], levels: list[str], threshold: float = 0.5) -> list[dict]:
     return [{"prompt_id": f"p{j}", "prompt": f"prompt {j}", "difficulty": levels[j], "candidate": k, "p_yes": p,
              "accepted": p >= threshold} for j, row in enumerate(p_yes) for k, p in enumerate(row)]
