@@ -222,3 +222,18 @@ def test_oracle_run_reads_the_run_through_iter_records(tmp_path):
     (run / "records.jsonl").write_text(json.dumps({**records[0], "image": "../outside.png"}) + "\n")
     with pytest.raises(RunError, match="outside the run directory"):
         oracle_run(run)
+
+
+def test_a_generation_key_of_another_family_is_refused_before_anything_is_written(tmp_path):
+    """`--gen` takes the model family's own sampling keys: Janus's cfg_scale on the Show-o is named, with the
+    Show-o's keys, and no output directory is created."""
+    out = tmp_path / "ev"
+    cfg = EvidenceConfig(model=str(ROOT / "models" / "shapes-showo"), out=str(out), seeds=(0,),
+                         generation={"cfg_scale": 2.0})
+    with pytest.raises(EvidenceError, match=r"unknown generation key 'generation.cfg_scale'.*guidance_scale"):
+        run_evidence(cfg)
+    assert not out.exists()
+    with pytest.raises(EvidenceError, match=r"guidance_scale must be >= 0"):
+        run_evidence(EvidenceConfig(model=str(ROOT / "models" / "shapes-showo"), out=str(out),
+                                    generation={"guidance_scale": -1}))
+    assert not out.exists()

@@ -160,7 +160,7 @@ def markdown(comparison: dict[str, Any]) -> str:
              "prompts, then the images / questions of each. A verdict is *confirmed* when the interval excludes "
              "no effect on the claimed side, *refuted* when it excludes it on the other side, *not confirmed* "
              "otherwise.", "",
-             "| run | model | seeds | sampling | test prompts | wall time |", "|---|---|---|---|---|---|"]
+             "| run | model | seeds | sampling | test prompts | time in its stages |", "|---|---|---|---|---|---|"]
     for r in runs:
         sampling = ", ".join(f"{k} {v}" for k, v in (r.get("sampling") or {}).items() if v is not None)
         seconds = sum((r.get("seconds") or {}).values())

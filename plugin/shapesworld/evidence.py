@@ -588,6 +588,10 @@ def run_evidence(cfg: EvidenceConfig) -> dict[str, Any]:
     unknown = set(cfg.models) - set(MODELS)
     if unknown or "base" not in cfg.models:
         raise EvidenceError(f"models must include base and be among {MODELS}, got {cfg.models}")
+    try:
+        sampling(cfg)  # a bad --gen key fails here, naming it and the family's keys, before anything is written
+    except UnigapError as err:
+        raise EvidenceError(f"{model}: {err}") from None
     out = Path(cfg.out)
     _claim_output(cfg, out)
     test = read_prompt_file(model / "prompts" / "test.jsonl")
