@@ -166,12 +166,12 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else MODELS
     cfg = EvidenceConfig(model=args.model, out=args.out, seeds=seeds, models=models)
+    import yaml
+
     for item in args.gen or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UnigapError(f"--gen takes KEY=VALUE (a sampling key of the model's family), got {item!r}")
-        import yaml
-
         cfg.generation[key.strip()] = yaml.safe_load(value)
     for key in ("num_candidates", "eval_samples", "und_items", "sft_epochs", "dpo_epochs", "replay_epoch", "grad_pairs"):
         if getattr(args, key) is not None:

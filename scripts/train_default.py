@@ -129,7 +129,7 @@ def stage0(args: argparse.Namespace, work: Path) -> Path:
     if args.family == "showo":
         from unigap.shapesworld import model_showo as world_model
 
-        spec = world_model.ShowoShapesSpec(seed=args.seed)
+        spec = world_model.world_spec(seed=args.seed)
         model, tokenizer = world_model.build_model(spec)
     else:
         from unigap.shapesworld import model as world_model

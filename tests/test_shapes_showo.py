@@ -92,9 +92,9 @@ def test_its_recorded_training_met_the_bar():
 def test_the_world_showo_builder_makes_a_four_code_one_cell_vq():
     """The builder (before its VQ is trained): MAGVIT-v2 at factor 8 with 2 LFQ bits, the world's tokenizer
     (Yes / No one token each), and a prompt that fits the T2I text length."""
-    from unigap.shapesworld.model_showo import ShowoShapesSpec, build_model
+    from unigap.shapesworld.model_showo import build_model, world_spec
 
-    model, tokenizer = build_model(ShowoShapesSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
+    model, tokenizer = build_model(world_spec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
     assert model.vq_model.config.downsample == 8 and model.vq_model.config.codebook_size == 4
     assert model.config.num_vq_tokens == 16
     assert len(tokenizer.tokenize(" Yes")) == 1 and len(tokenizer.tokenize(" No")) == 1

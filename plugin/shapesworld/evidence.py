@@ -112,14 +112,14 @@ def sampling(cfg: EvidenceConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- stages
-def _selfplay(cfg: EvidenceConfig, seed: int, out: Path) -> Path:
+def _selfplay(cfg: EvidenceConfig, seed: int, out: Path, draw: dict[str, Any]) -> Path:
     from ..selfplay import SelfPlayConfig, run_selfplay
 
     run = out / "selfplay"
     if not (run / "summary.json").exists():
         run_selfplay(SelfPlayConfig(
             model_name_or_path=cfg.model, prompts=str(Path(cfg.model) / "prompts" / "train.jsonl"),
-            num_candidates=cfg.num_candidates, sampling=sampling(cfg), seed=1000 + seed, batch_size=64,
+            num_candidates=cfg.num_candidates, sampling=draw, seed=1000 + seed, batch_size=64,
             judge_threshold=cfg.threshold, output_dir=str(run), progress=False,
         ))
     return run
@@ -164,7 +164,7 @@ def _train(cfg: EvidenceConfig, kind: str, data: Path, out: Path, seed: int) -> 
 
 
 def _evaluate(cfg: EvidenceConfig, model_dir: str, queries: Sequence[Query], seed: int, path: Path,
-              seen: Sequence[Query] = ()) -> dict[str, Any]:
+              draw: dict[str, Any], seen: Sequence[Query] = ()) -> dict[str, Any]:
     if path.exists():
         return json.loads(path.read_text())
     from ..loading import load_unified
@@ -173,12 +173,12 @@ def _evaluate(cfg: EvidenceConfig, model_dir: str, queries: Sequence[Query], see
     adapter = load_unified(str(model_dir), device="cpu")
     result = {
         "generation": generation_records(adapter, queries, cfg.eval_samples, seed=5000 + seed,
-                                         generation=sampling(cfg)),
+                                         generation=draw),
         "understanding": understanding_records(adapter, queries, cfg.und_items, seed=6000 + seed),
     }
     if seen:  # the train prompts the self-play data came from (fewer samples: a secondary figure)
         result["seen_generation"] = generation_records(adapter, seen, max(1, cfg.eval_samples // 2),
-                                                       seed=7000 + seed, generation=sampling(cfg))
+                                                       seed=7000 + seed, generation=draw)
     _write_json(path, result)
     return result
 
@@ -588,8 +588,8 @@ def run_evidence(cfg: EvidenceConfig) -> dict[str, Any]:
     unknown = set(cfg.models) - set(MODELS)
     if unknown or "base" not in cfg.models:
         raise EvidenceError(f"models must include base and be among {MODELS}, got {cfg.models}")
-    try:
-        sampling(cfg)  # a bad --gen key fails here, naming it and the family's keys, before anything is written
+    try:  # a bad --gen key fails here, naming it and the family's keys, before anything is written
+        draw = sampling(cfg)
     except UnigapError as err:
         raise EvidenceError(f"{model}: {err}") from None
     out = Path(cfg.out)
@@ -610,7 +610,7 @@ def run_evidence(cfg: EvidenceConfig) -> dict[str, Any]:
         sdir = out / f"seed_{seed}"
         sdir.mkdir(exist_ok=True)
         _log(f"seed {seed}: self-play on the train prompts")
-        run = timed("self-play", lambda: _selfplay(cfg, seed, sdir))
+        run = timed("self-play", lambda: _selfplay(cfg, seed, sdir, draw))
         selfplay.append(timed("oracle", lambda: oracle_run(run)))
         data = timed("build", lambda: _build(run, sdir))
         dirs = {"base": str(model)}
@@ -621,7 +621,7 @@ def run_evidence(cfg: EvidenceConfig) -> dict[str, Any]:
         for kind in cfg.models:
             _log(f"seed {seed}: measuring {NAMES[kind]} on the test prompts")
             evals[kind].append(timed("evaluate", lambda: _evaluate(cfg, dirs[kind], test, seed,
-                                                                   sdir / "eval" / f"{kind}.json", train)))
+                                                                   sdir / "eval" / f"{kind}.json", draw, train)))
         gpath = sdir / "gradients.json"
         if not gpath.exists() and cfg.grad_pairs:
             _log(f"seed {seed}: gradient alignment")
@@ -630,7 +630,7 @@ def run_evidence(cfg: EvidenceConfig) -> dict[str, Any]:
             grads.append(json.loads(gpath.read_text()))
     result = analyse(evals, grads, selfplay, cfg.threshold)
     public = asdict(cfg)
-    public["sampling"] = sampling(cfg)
+    public["sampling"] = draw
     result["config"] = public
     result["seconds"] = {k: round(v, 1) for k, v in times.items()}
     _write_json(out / "evidence.json", result)

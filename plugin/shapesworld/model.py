@@ -95,37 +95,55 @@ def random_grids(rng: np.random.Generator, n: int) -> np.ndarray:
 def train_vq(model: Any, seconds: float = 240.0, seed: int = 0, batch: int = 32, log=print) -> dict[str, float]:
     """Supervised VQ shortcut: encoder -> the cell's colour code, decoder(code) -> the cell's colour.
 
-    Half of each batch is the world's scenes, half random cell grids (any
-    colour anywhere) so that whatever codes the generator draws decode faithfully.
-    Returns the final exactness figures on fresh grids.
+    Returns the final exactness figures on fresh grids (see :func:`supervised_vq_training`).
     """
     import torch
     import torch.nn.functional as F
 
     vq = model.model.vqmodel
     vq.quantize.embedding.weight.requires_grad_(False)
+    codebook = vq.quantize.embedding.weight
+
+    def losses(grids: np.ndarray, pixels: Any) -> tuple[Any, Any]:
+        n = len(grids)
+        target = torch.from_numpy(grids).reshape(n, -1)
+        z = vq.quant_conv(vq.encoder(pixels)).permute(0, 2, 3, 1).reshape(n, GRID * GRID, -1)
+        logits = -((z.unsqueeze(-2) - codebook) ** 2).sum(-1) * 4.0
+        enc_loss = F.cross_entropy(logits.reshape(-1, codebook.shape[0]), target.reshape(-1))
+        return enc_loss, F.mse_loss(vq.decode(target), pixels)
+
+    steps = supervised_vq_training(vq, losses, seconds=seconds, seed=seed, batch=batch, log=log)
+    figures = check_vq(model, seed=seed + 1)
+    figures["steps"] = steps
+    return figures
+
+
+def supervised_vq_training(vq: Any, losses: Any, seconds: float, seed: int, batch: int = 32, log=print) -> int:
+    """Train a VQ tokenizer's encoder and decoder for ``seconds`` (the quantiser's own parameters stay as they
+    are); returns the number of steps.
+
+    Half of each batch is the world's scenes, half random cell grids (any colour anywhere) so that whatever
+    codes the generator draws decode faithfully.  ``losses(grids, pixels) -> (encoder loss, decoder loss)`` is
+    the family's: the encoder taught each cell's colour code, the decoder to draw it; the step minimises
+    ``enc + 10 dec`` with AdamW and a cosine decay over the time budget.
+    """
+    import torch
+
+    from .world import cell_grid, random_scene
+
     params = [p for n, p in vq.named_parameters() if not n.startswith("quantize.")]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
-    from .world import cell_grid, random_scene
-
     gen = np.random.default_rng(seed)
     scene_rng = random.Random(f"shapesworld-vq-{seed}")
     torch.manual_seed(seed)
     vq.train()
-    codebook = vq.quantize.embedding.weight
     start, step = time.time(), 0
     while time.time() - start < seconds:
         scenes = [cell_grid(random_scene(scene_rng)) for _ in range(batch // 2)]
         grids = np.concatenate([random_grids(gen, batch - len(scenes)), np.stack(scenes)])
-        pixels = _to_pixels(np.stack([grid_to_image(g) for g in grids]))
-        target = torch.from_numpy(grids).reshape(batch, -1)
-        z = vq.quant_conv(vq.encoder(pixels)).permute(0, 2, 3, 1).reshape(batch, GRID * GRID, -1)
-        logits = -((z.unsqueeze(-2) - codebook) ** 2).sum(-1) * 4.0
-        enc_loss = F.cross_entropy(logits.reshape(-1, codebook.shape[0]), target.reshape(-1))
-        dec = vq.decode(target)
-        dec_loss = F.mse_loss(dec, pixels)
+        enc_loss, dec_loss = losses(grids, _to_pixels(np.stack([grid_to_image(g) for g in grids])))
         loss = enc_loss + 10.0 * dec_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -139,9 +157,7 @@ def train_vq(model: Any, seconds: float = 240.0, seed: int = 0, batch: int = 32,
     vq.eval()
     for p in vq.parameters():
         p.requires_grad_(False)
-    figures = check_vq(model, seed=seed + 1)
-    figures["steps"] = step
-    return figures
+    return step
 
 
 def check_vq(model: Any, n: int = 512, seed: int = 1, roundtrip: Any = None) -> dict[str, float]:

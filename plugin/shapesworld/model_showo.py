@@ -15,18 +15,19 @@ vision tower), so an exact VQ means the LLM sees the exact cell colours.
 
 from __future__ import annotations
 
-import random
-import time
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..fsutil import atomic_directory
 from ..models.showo.tiny import EOS, TinySpec, build_showo
 from ..textbpe import build_bpe_tokenizer
-from .model import _to_pixels, random_grids
-from .model import world_corpus as shared_corpus
+from .model import _to_pixels, supervised_vq_training
 from .model import check_vq as world_check_vq
+from .model import world_corpus as shared_corpus
 from .world import CELL, GRID, PALETTE, SIZE, grid_to_image
 
 #: the MAGVIT-v2 of the world: 4 levels (factor 8 = one cell), 2 LFQ bits (4 codes = the palette)
@@ -39,19 +40,12 @@ VQ_OVERRIDES: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class ShowoShapesSpec:
-    """Sizes of the ShapesWorld Show-o."""
-
-    seed: int = 0
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
-    text_vocab: int = 512
-    #: the left-padded text part of a T2I row (the world's longest prompt is about 10 tokens)
-    max_text_len: int = 24
-    vq_channels: int = 32
+def world_spec(seed: int = 0, **sizes: Any) -> TinySpec:
+    """Sizes of the ShapesWorld Show-o (the tiny Show-o's spec): Phi with 4 layers of 128, like the ShapesWorld
+    Janus; a 24-token T2I text part (the world's longest prompt is about 10 tokens).  ``sizes`` override."""
+    values: dict[str, Any] = dict(seed=seed, image_size=SIZE, hidden_size=128, num_layers=4, num_heads=4,
+                                  intermediate_size=512, text_vocab=512, max_text_len=24, vq_channels=32)
+    return TinySpec(**{**values, **sizes})
 
 
 def world_corpus() -> list[str]:
@@ -59,17 +53,14 @@ def world_corpus() -> list[str]:
     return shared_corpus(["USER: \n", " ASSISTANT:"] * 200)
 
 
-def build_world_tokenizer(spec: ShowoShapesSpec) -> Any:
+def build_world_tokenizer(spec: TinySpec) -> Any:
     return build_bpe_tokenizer(world_corpus(), vocab_size=spec.text_vocab, special_tokens=[EOS], bos_token=EOS,
                                eos_token=EOS, prepend_bos=False, model_max_length=2048)
 
 
-def build_model(spec: ShowoShapesSpec) -> tuple[Any, Any]:
-    """(model, tokenizer): a fresh Show-o for ShapesWorld (its VQ still untrained)."""
-    tiny = TinySpec(seed=spec.seed, image_size=SIZE, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
-                    num_heads=spec.num_heads, intermediate_size=spec.intermediate_size, text_vocab=spec.text_vocab,
-                    max_text_len=spec.max_text_len, vq_channels=spec.vq_channels)
-    model, tokenizer = build_showo(tiny, tokenizer=build_world_tokenizer(spec), vq_overrides=VQ_OVERRIDES)
+def build_model(spec: TinySpec) -> tuple[Any, Any]:
+    """(model, tokenizer): a fresh Show-o for ShapesWorld (its VQ still untrained); ``spec``: :func:`world_spec`."""
+    model, tokenizer = build_showo(spec, tokenizer=build_world_tokenizer(spec), vq_overrides=VQ_OVERRIDES)
     vq = model.vq_model.config
     if vq.downsample != CELL or vq.codebook_size != len(PALETTE):
         raise AssertionError(f"the world's VQ must be one code per cell of {len(PALETTE)} colours, got {vq}")
@@ -77,52 +68,24 @@ def build_model(spec: ShowoShapesSpec) -> tuple[Any, Any]:
 
 
 def train_vq(model: Any, seconds: float = 240.0, seed: int = 0, batch: int = 32, log=print) -> dict[str, float]:
-    """Supervised VQ shortcut: the encoder's latent signs -> the cell colour's bits, decoder(code) -> the colour.
-
-    Half of each batch is the world's scenes, half random cell grids (any colour
-    anywhere), so that whatever codes the generator draws decode faithfully.
-    """
+    """Supervised VQ shortcut: the encoder's latent signs -> the cell colour's bits, decoder(code) -> the colour
+    (the loop: :func:`~unigap.shapesworld.model.supervised_vq_training`)."""
     import torch
     import torch.nn.functional as F
 
     from ..models.showo.magvit import lfq_latents
-    from .world import cell_grid, random_scene
 
     vq = model.vq_model
-    bits = vq.config.z_channels
-    params = [p for n, p in vq.named_parameters() if not n.startswith("quantize.")]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
-    gen = np.random.default_rng(seed)
-    scene_rng = random.Random(f"shapesworld-vq-{seed}")
-    torch.manual_seed(seed)
-    vq.train()
-    start, step = time.time(), 0
-    while time.time() - start < seconds:
-        scenes = [cell_grid(random_scene(scene_rng)) for _ in range(batch // 2)]
-        grids = np.concatenate([random_grids(gen, batch - len(scenes)), np.stack(scenes)])
-        pixels = _to_pixels(np.stack([grid_to_image(g) for g in grids]))
-        codes = torch.from_numpy(grids).reshape(batch, -1).long()
-        target = lfq_latents(codes, bits)  # (B, bits, GRID, GRID) of +-1
-        z = vq.latents(pixels)
-        enc_loss = F.softplus(-4.0 * z * target).mean()  # logistic: each latent's sign, with a margin
-        dec_loss = F.mse_loss(vq.decoder(target), pixels)
-        loss = enc_loss + 10.0 * dec_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for group in opt.param_groups:  # cosine decay over the time budget, to 5% of the start rate
-            frac = min(1.0, (time.time() - start) / seconds)
-            group["lr"] = 2e-3 * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
-        opt.step()
-        step += 1
-        if step % 50 == 0:
-            log(f"vq step {step} ({time.time() - start:.0f}s): enc {enc_loss.item():.4f} dec {dec_loss.item():.5f}")
-    vq.eval()
-    for p in vq.parameters():
-        p.requires_grad_(False)
+
+    def losses(grids: np.ndarray, pixels: Any) -> tuple[Any, Any]:
+        codes = torch.from_numpy(grids).reshape(len(grids), -1).long()
+        target = lfq_latents(codes, vq.config.z_channels)  # (B, bits, GRID, GRID) of +-1
+        enc_loss = F.softplus(-4.0 * vq.latents(pixels) * target).mean()  # logistic: each sign, with a margin
+        return enc_loss, F.mse_loss(vq.decoder(target), pixels)
+
+    steps = supervised_vq_training(vq, losses, seconds=seconds, seed=seed, batch=batch, log=log)
     figures = check_vq(model, seed=seed + 1)
-    figures["steps"] = step
+    figures["steps"] = steps
     return figures
 
 
@@ -145,12 +108,8 @@ def _roundtrip(model: Any, grids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, (dec.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
 
 
-def save_model(model: Any, tokenizer: Any, out_dir: Any, extra: dict[str, Any]) -> Any:
+def save_model(model: Any, tokenizer: Any, out_dir: str | Path, extra: dict[str, Any]) -> Path:
     """Write a loadable checkpoint atomically (plus ``shapesworld.json`` describing how it was made)."""
-    import json
-    from pathlib import Path
-
-    from ..fsutil import atomic_directory
     from ..models.showo.checkpoint import save_checkpoint
 
     with atomic_directory(out_dir, overwrite=True) as tmp:
@@ -159,5 +118,5 @@ def save_model(model: Any, tokenizer: Any, out_dir: Any, extra: dict[str, Any]) 
     return Path(out_dir)
 
 
-def spec_dict(spec: ShowoShapesSpec) -> dict[str, Any]:
+def spec_dict(spec: TinySpec) -> dict[str, Any]:
     return {"family": "showo", **asdict(spec)}
