@@ -163,28 +163,46 @@ def fingerprint(params: list[tuple[str, torch.Tensor]]) -> dict[str, list[float]
     return {name: list(checksum(param)) for name, param in params}
 
 
+def _local_holders(t: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
+    """The tensors holding ``t``'s values in this process, each with whether it is a shard that its sharding
+    engine owns: ``t`` itself; a DeepSpeed ZeRO-3 parameter's partition (``ds_tensor``, its ``data`` being empty);
+    an FSDP2 DTensor's local shard (a view into the storage FSDP2 keeps for the parameter)."""
+    holders = [(t, False)]
+    if getattr(t, "ds_tensor", None) is not None:
+        holders.append((t.ds_tensor, False))
+    local = getattr(t, "_local_tensor", None)
+    if local is not None:
+        holders = [(local, True)]
+    return holders
+
+
 def release_storage(module: torch.nn.Module, keep: Any = None) -> tuple[int, list]:
     """Free the storage of every parameter and buffer of ``module`` even while others still hold the module.
 
     Each tensor object keeps its identity and dtype but its data becomes an empty tensor, so every
     holder of the module or of its parameters sees the release (a later use fails on the shapes
-    instead of computing with freed memory).  Returns the bytes of storage let go and a weak reference to each
-    storage: dead once nothing else holds it, i.e. once the memory is really returned.  Refuses when
-    ``module`` shares storage with ``keep`` (the model being trained).
+    instead of computing with freed memory).  Sharded parameters give up what this process holds: a ZeRO-3
+    parameter its partition, an FSDP2 DTensor its local shard (whose storage, which FSDP2 also holds, is resized
+    to nothing).  Returns the bytes of storage let go and a weak reference to each storage: dead, or alive with
+    no bytes, once nothing holds the memory any more (see :func:`storages_alive`).  Refuses when ``module``
+    shares storage with ``keep`` (the model being trained).
     """
     import weakref
 
     from .errors import UnigapError
 
+    def held(t: torch.Tensor) -> bool:
+        return t.device.type != "meta" and t.numel() > 0
+
     kept = set()
     if keep is not None:
-        kept = {t.untyped_storage().data_ptr() for t in (*keep.parameters(), *keep.buffers()) if t.device.type != "meta"}
+        kept = {h.untyped_storage().data_ptr() for t in (*keep.parameters(), *keep.buffers())
+                for h, _ in _local_holders(t) if held(h)}
     tensors = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+    holders = [(name, h, owned) for name, t in tensors for h, owned in _local_holders(t) if held(h)]
     storages = {}
-    for name, t in tensors:
-        if t.device.type == "meta" or t.numel() == 0:
-            continue
-        storage = t.untyped_storage()
+    for name, h, _ in holders:
+        storage = h.untyped_storage()
         if storage.data_ptr() in kept:
             raise UnigapError(f"cannot release {name}: it shares its storage with the module to keep (the trained model)")
         storages.setdefault(storage.data_ptr(), storage)
@@ -192,6 +210,14 @@ def release_storage(module: torch.nn.Module, keep: Any = None) -> tuple[int, lis
     refs = [weakref.ref(storage) for storage in storages.values()]
     storages.clear()
     with torch.no_grad():
-        for _, t in tensors:
-            t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+        for _, h, owned in holders:
+            if owned:  # an FSDP2 shard: FSDP2 keeps the padded storage it is a view of
+                h.untyped_storage().resize_(0)
+            h.data = torch.empty(0, dtype=h.dtype, device=h.device)
     return released, refs
+
+
+def storages_alive(refs: list) -> tuple[int, int]:
+    """How many of :func:`release_storage`'s storages still hold memory, and how many bytes."""
+    alive = [s for ref in refs if (s := ref()) is not None and s.nbytes() > 0]
+    return len(alive), sum(s.nbytes() for s in alive)

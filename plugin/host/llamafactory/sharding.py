@@ -100,6 +100,31 @@ def parameter_report(module: Any) -> dict[str, Any]:
     return {"by_type": by_type, "local_bytes": local_bytes, "trainable_local_bytes": trainable_local_bytes}
 
 
+def optimizer_state_bytes(optimizer: Any) -> int | None:
+    """Bytes of optimizer state (Adam's two moments) this rank holds locally, or None without an optimizer.
+
+    The host's optimizer is wrapped (accelerate's ``AcceleratedOptimizer``, then DeepSpeed's ZeRO optimizer, each
+    exposing the inner one as ``.optimizer``); the innermost torch optimizer holds the state: over this rank's
+    partitions under ZeRO-1/2/3, over local shards (DTensors) under FSDP2, over whole tensors otherwise.  Scalars
+    (Adam's step count) are left out; ZeRO's fp32 master partitions are not optimizer state and not counted."""
+    import torch
+
+    if optimizer is None:
+        return None
+    for _ in range(8):
+        inner = getattr(optimizer, "optimizer", None)
+        if inner is None or inner is optimizer:
+            break
+        optimizer = inner
+    total = 0
+    for entry in getattr(optimizer, "state", {}).values():
+        for value in (entry.values() if isinstance(entry, dict) else ()):
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                local = value.to_local() if hasattr(value, "to_local") else value
+                total += local.numel() * local.element_size()
+    return total
+
+
 def write_report(trainer: Any, model: Any, **extra: Any) -> Path:
     import torch.distributed as dist
 
@@ -114,6 +139,7 @@ def write_report(trainer: Any, model: Any, **extra: Any) -> Path:
         "fsdp_version": getattr(fsdp_plugin, "fsdp_version", None) if fsdp_plugin is not None else None,
         "is_deepspeed_enabled": bool(getattr(trainer, "is_deepspeed_enabled", False)),
         "wrapper": type(model).__name__,
+        "zero_stage": _zero_stage(trainer),
         **parameter_report(model),
         **extra,
     }
@@ -124,6 +150,14 @@ def write_report(trainer: Any, model: Any, **extra: Any) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     return out
+
+
+def _zero_stage(trainer: Any) -> int | None:
+    """The DeepSpeed ZeRO stage the host's accelerator runs, or None without DeepSpeed."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return None
+    return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
 
 
 def install(trainer: Any) -> None:
@@ -147,7 +181,8 @@ def install(trainer: Any) -> None:
 
         def on_train_end(self, args, state, control, **kwargs):
             write_report(trainer, model(), checksum_begin=self.begin, checksum_end=local_checksum(model()),
-                         checksums_end=parameter_checksums(model()))
+                         checksums_end=parameter_checksums(model()),
+                         optimizer_local_bytes=optimizer_state_bytes(trainer.optimizer))
 
     trainer.add_callback(_ShardingReport())
 

@@ -18,7 +18,7 @@ import torch
 from llamafactory.train.dpo.trainer import CustomDPOTrainer
 
 from ...fsutil import write_text_atomic
-from ...training import FORWARD_KEY, fingerprint, pair_keys, release_storage, unwrap_model
+from ...training import FORWARD_KEY, fingerprint, pair_keys, release_storage, storages_alive, unwrap_model
 from .common import HostDataError, logger
 from .curriculum import checkpoint_path, make_curriculum, unified_setup
 from .sharding import install as install_sharding_report
@@ -122,12 +122,14 @@ class UnifiedDPOTrainer(CustomDPOTrainer):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        alive = sum(storage() is not None for storage in storages)
+        alive, alive_bytes = storages_alive(storages)
         if alive:
-            logger().warning_rank0(f"unigap: {alive} reference tensors are still held elsewhere; their memory is not freed")
+            logger().warning_rank0(f"unigap: {alive} reference tensors ({alive_bytes} bytes) are still held elsewhere; "
+                                   "their memory is not freed")
         return {
             "released_bytes": released,
             "reference_storages_alive": alive,
+            "reference_bytes_alive": alive_bytes,
             "reference_in_accelerator_models": in_models,
         }
 
