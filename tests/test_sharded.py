@@ -380,3 +380,39 @@ def test_zero3_dpo_partitions_policy_and_reference_and_keeps_the_reference(tmp_p
     # held by something other than the module after the release, every partition is given back
     _assert_reference(reports, check, precompute, "ZeRO3Parameter", nbytes, max_alive=160)
     _assert_saved_full(out, tiny)
+
+
+@pytest.mark.parametrize("engine", ["zero3", "fsdp2"])
+def test_sharded_with_understanding_on_one_rank_and_generation_on_the_other(tmp_path, tiny, tiny_model, example_data,
+                                                                           engine):
+    """Mixed data under ZeRO-3 and FSDP2: every step one rank's row is an image to understand and the other's an
+    image to generate.  ZeRO-3 gathers each module's partitions as it runs (FSDP2 each wrapped block's), a
+    collective, so both ranks must run the same modules in the same order whatever their rows (before, ZeRO-3
+    crashed on a collective of mismatched sizes); training must neither hang nor crash, and log both heads."""
+    import shutil
+    import subprocess
+
+    root = tmp_path / "data"
+    shutil.copytree(example_data, root)
+    rows = json.loads((root / "gen_sft.json").read_text())[:1] + json.loads((root / "und_sft.json").read_text())[:1]
+    (root / "mix.json").write_text(json.dumps(rows))
+    info = json.loads((root / "dataset_info.json").read_text())
+    info["mix"] = dict(info["unigap_gen_sft"], file_name="mix.json")
+    (root / "dataset_info.json").write_text(json.dumps(info))
+    out = tmp_path / "out"
+    extra, env = ({"deepspeed": Z3}, TWO) if engine == "zero3" else (FSDP2, CPU_FSDP)
+    cfg = base_config(tiny_model, root, "mix", out, finetuning_type="full", per_device_train_batch_size=1,
+                      num_train_epochs=3, **extra)
+    cfg.pop("lora_target"), cfg.pop("lora_rank")
+    try:
+        lf_train(cfg, tmp_path, env=env, timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{engine} training hung: the ranks gathered different modules")
+    numel, nbytes = _full(tiny)
+    if engine == "zero3":
+        _assert_zero3(_reports(out), numel, nbytes)
+    else:
+        for r in _reports(out):
+            _assert_sharded(r, numel)
+    history = [r for r in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in r]
+    assert len(history) == 3 and all("gen_loss" in r and "text_loss" in r for r in history), history

@@ -235,34 +235,51 @@ def test_torchrun_with_understanding_on_one_rank_and_generation_on_the_other(tmp
     assert history[-1]["loss"] < history[0]["loss"], history
 
 
-def test_fsdp2_full_sft_shards_show_o_and_trains_like_ddp(tmp_path, base, tiny_showo, data_dir):
-    """Show-o under FSDP2 (2 CPU processes, tests/cpu_fsdp): every parameter a DTensor, each rank holding half the
-    bytes, the same losses as plain DDP, and a saved plain Show-o checkpoint equal to DDP's (LLM trained, VQ not)."""
-    from test_sharded import CPU_FSDP, FSDP2, TWO, _assert_halves, _assert_sharded, _losses, _reports
+def _full_sft(root, tiny_showo, data_dir, name, env, **extra):
+    out = root / name / "out"
+    cfg = _config(tiny_showo, data_dir, "fixed_gen,und", out, finetuning_type="full", learning_rate=1e-3,
+                  per_device_train_batch_size=2, max_steps=3, **extra)
+    cfg.pop("lora_target"), cfg.pop("lora_rank")
+    (root / name).mkdir()
+    lf_train(cfg, root / name, env=env, timeout=300)
+    return out
 
-    runs = {}
-    for name, env, extra in (("fsdp2", CPU_FSDP, FSDP2), ("ddp", TWO, {})):
-        out = tmp_path / name / "out"
-        cfg = _config(tiny_showo, data_dir, "fixed_gen,und", out, finetuning_type="full", learning_rate=1e-3,
-                      per_device_train_batch_size=2, max_steps=3, **extra)
-        cfg.pop("lora_target"), cfg.pop("lora_rank")
-        (tmp_path / name).mkdir()
-        lf_train(cfg, tmp_path / name, env=env, timeout=300)
-        runs[name] = out
+
+@pytest.fixture(scope="module")
+def ddp_full_sft(tmp_path_factory, tiny_showo, data_dir):
+    """Full generation + understanding SFT of the tiny Show-o as plain DDP on 2 CPU ranks."""
+    from test_sharded import TWO
+
+    return _full_sft(tmp_path_factory.mktemp("showo_ddp"), tiny_showo, data_dir, "ddp", TWO)
+
+
+@pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
+def test_sharded_full_sft_shards_show_o_and_trains_like_ddp(tmp_path, base, tiny_showo, data_dir, ddp_full_sft, engine):
+    """Show-o under FSDP2 (2 CPU processes, tests/cpu_fsdp) and DeepSpeed ZeRO-3 (the shipped ds_z3_config.json):
+    every parameter sharded, each rank holding about half the bytes, the same losses as plain DDP, and a saved plain
+    Show-o checkpoint equal to DDP's (LLM trained, VQ not)."""
+    from test_sharded import CPU_FSDP, FSDP2, TWO, Z3, _assert_halves, _assert_sharded, _assert_zero3, _losses, _reports
+
     numel = sum(p.numel() for p in base.model.parameters())
-    reports = _reports(runs["fsdp2"])
-    for r in reports:
-        _assert_sharded(r, numel)
-        assert r["checksum_end"] != r["checksum_begin"], r
-    _assert_halves(reports)
-    assert all(set(r["by_type"]) == {"Parameter"} for r in _reports(runs["ddp"]))
-    assert _losses(runs["fsdp2"]) == pytest.approx(_losses(runs["ddp"]), rel=1e-4, abs=1e-5)
-    sharded, plain = (_load(runs[k]).model.state_dict() for k in ("fsdp2", "ddp"))
+    nbytes = sum(p.numel() * p.element_size() for p in base.model.parameters())
+    if engine == "fsdp2":
+        out = _full_sft(tmp_path, tiny_showo, data_dir, engine, CPU_FSDP, **FSDP2)
+        reports = _reports(out)
+        for r in reports:
+            _assert_sharded(r, numel)
+            assert r["checksum_end"] != r["checksum_begin"], r
+        _assert_halves(reports)
+    else:
+        out = _full_sft(tmp_path, tiny_showo, data_dir, engine, TWO, deepspeed=Z3)
+        _assert_zero3(_reports(out), numel, nbytes)
+    assert all(set(r["by_type"]) == {"Parameter"} for r in _reports(ddp_full_sft))
+    assert _losses(out) == pytest.approx(_losses(ddp_full_sft), rel=1e-4, abs=1e-5)
+    sharded, plain = (_load(d).model.state_dict() for d in (out, ddp_full_sft))
     before = base.model.state_dict()
     assert all(torch.equal(sharded[k], v) for k, v in before.items() if k.startswith("vq_model."))
     # the update itself equals DDP's (Adam turns the reduction-order noise of near-zero gradients into full-size
     # steps for a few entries, so the update vectors are compared as a whole)
-    delta = {k: torch.cat([(sd[n] - before[n]).flatten() for n in before]) for k, sd in (("fsdp2", sharded), ("ddp", plain))}
+    delta = {k: torch.cat([(sd[n] - before[n]).flatten() for n in before]) for k, sd in (("sharded", sharded), ("ddp", plain))}
     assert delta["ddp"].norm() > 0
-    assert (delta["fsdp2"] - delta["ddp"]).norm() < 0.02 * delta["ddp"].norm()
+    assert (delta["sharded"] - delta["ddp"]).norm() < 0.02 * delta["ddp"].norm()
     assert any(not torch.equal(sharded[k], before[k]) for k in before if k.startswith("showo.model.layers."))

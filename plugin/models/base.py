@@ -229,6 +229,33 @@ def summed_logps(tnll: TargetNLL, average: bool) -> tuple["torch.Tensor", "torch
     return logps, length
 
 
+def every_branch() -> bool:
+    """Whether a training forward must run every branch of the model, whatever its batch holds: in a distributed
+    run (DDP, ZeRO, FSDP).  Under DDP every rank must give gradients to the same parameters; under ZeRO-3 / FSDP
+    every rank must gather the same modules in the same order, each gather being a collective, or the job hangs or
+    crashes.  With mixed data one rank's rows may hold no image to understand while another's hold no image to
+    generate, so a family's ``target_nll`` runs each branch its batch does not use on a stand-in input (its output
+    times zero), at the branch's usual place in the order."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def most_over_ranks(count: int, device: Any = None) -> int:
+    """The largest ``count`` of all ranks (a collective: every rank calls it), e.g. how many times a branch that
+    runs once per item must run on every rank this step; ``count`` itself outside a distributed run."""
+    if not every_branch():
+        return count
+    import torch
+    import torch.distributed as dist
+
+    if device is None or (dist.get_backend() == "nccl" and torch.device(device).type != "cuda"):
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([count], dtype=torch.long, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item())
+
+
 class UnifiedAdapter(ABC):
     """One model family; an instance wraps one loaded model and its tokenizer."""
 

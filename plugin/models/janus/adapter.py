@@ -24,6 +24,7 @@ from ..base import (
     SamplingParams,
     TargetNLL,
     UnifiedAdapter,
+    every_branch,
     summed_logps,
     weighted_sft_loss,
 )
@@ -483,7 +484,11 @@ class JanusAdapter(UnifiedAdapter):
         return torch.cat(p_yes)
 
     # ------------------------------------------------------------------ training
-    def _embed(self, model: Any, text_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+    def _embed(self, model: Any, text_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+               every_branch: bool = False) -> torch.Tensor:
+        """Text embeddings with the understanding images' features at their placeholders.  ``every_branch``: run the
+        vision tower even without an image (on one blank image, its output times zero), so that every rank of a
+        sharded run gathers the same modules in the same order (see :meth:`target_nll`)."""
         embeds = model.get_input_embeddings()(text_ids)
         placeholders = text_ids == self.spec.image_token_id
         if pixel_values is not None and placeholders.any():
@@ -496,6 +501,10 @@ class JanusAdapter(UnifiedAdapter):
                     "(an understanding image was cut by cutoff_len?)"
                 )
             embeds = embeds.masked_scatter(placeholders.unsqueeze(-1), feats.to(embeds.dtype))
+        elif every_branch:
+            side = model.config.vision_config.image_size
+            feats = model.model.get_image_features(embeds.new_zeros((1, 3, side, side)))
+            embeds = embeds + getattr(feats, "pooler_output", feats).sum().to(embeds.dtype) * 0.0
         return embeds
 
     def drop_prompts(self, text_ids: torch.Tensor, gen_in: torch.Tensor, p: float) -> torch.Tensor:
@@ -532,13 +541,19 @@ class JanusAdapter(UnifiedAdapter):
         """
         spec = self.spec
         input_ids, labels = batch["input_ids"], batch["labels"]
+        # in a distributed run every branch runs (see every_branch), always in this order: vision tower, generation
+        # embeddings, language model, text head, generation head
+        every = every_branch()
         gen_in = input_ids >= spec.gen_offset
         text_ids = self.drop_prompts(input_ids.masked_fill(gen_in, spec.pad_token_id), gen_in, prompt_dropout)
-        embeds = self._embed(model, text_ids, batch.get("pixel_values"))
+        embeds = self._embed(model, text_ids, batch.get("pixel_values"), every_branch=every)
         if gen_in.any():
             codes = input_ids[gen_in] - spec.gen_offset
             gen_embeds = model.prepare_embeddings_for_image_generation(codes)
             embeds = embeds.masked_scatter(gen_in.unsqueeze(-1), gen_embeds.to(embeds.dtype))
+        elif every:
+            code = torch.zeros((1, 1), dtype=torch.long, device=embeds.device)
+            embeds = embeds + model.prepare_embeddings_for_image_generation(code).sum().to(embeds.dtype) * 0.0
         lm_kwargs = {"attention_mask": batch.get("attention_mask"), "use_cache": False}
         if batch.get("position_ids") is not None:
             lm_kwargs["position_ids"] = batch["position_ids"]
@@ -552,14 +567,17 @@ class JanusAdapter(UnifiedAdapter):
         text_t = (targets != IGNORE_INDEX) & ~gen_t & ~scaffold
 
         nll = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
+        probe = hidden[:1, :1]
         if text_t.any():
             logits = model.lm_head(hidden[text_t]).float()
             nll[text_t] = F.cross_entropy(logits, targets[text_t], reduction="none")
+        elif every:
+            nll = nll + model.lm_head(probe).float().sum() * 0.0
         if gen_t.any():
             logits = model.model.generation_head(hidden[gen_t]).float()
             nll[gen_t] = F.cross_entropy(logits, targets[gen_t] - spec.gen_offset, reduction="none")
-        if _distributed():
-            nll = nll + self._unused_branches(model, hidden, batch.get("pixel_values"), gen_in, text_t, gen_t)
+        elif every:
+            nll = nll + model.model.generation_head(probe).float().sum() * 0.0
         return TargetNLL(nll=nll, text_mask=text_t, gen_mask=gen_t)
 
     def sft_loss(self, model: Any, batch: dict[str, Any], *, prompt_dropout: float = 0.0,
@@ -595,30 +613,6 @@ class JanusAdapter(UnifiedAdapter):
                  "pixel_values": self.pixels([image], size=side, fit="pad")}
         out = self.target_nll(model, batch)
         return (out.nll * out.text_mask).sum() / out.text_mask.sum()
-
-    def _unused_branches(self, model, hidden, pixel_values, gen_in, text_t, gen_t) -> torch.Tensor:
-        """A zero that depends on every branch this batch did not use.
-
-        Under DDP every rank must produce gradients for the same parameters, and
-        under ZeRO-3 / FSDP every rank must gather the same modules, or the job
-        hangs; with mixed understanding and generation data one rank's batch may
-        hold no image to generate while another's holds no image to understand.
-        """
-        zero = hidden.new_zeros(())
-        probe = hidden[:1, :1]
-        if not gen_in.any():
-            code = torch.zeros((1, 1), dtype=torch.long, device=hidden.device)
-            zero = zero + model.prepare_embeddings_for_image_generation(code).sum() * 0.0
-        if not gen_t.any():
-            zero = zero + model.model.generation_head(probe).sum() * 0.0
-        if not text_t.any():
-            zero = zero + model.lm_head(probe).sum() * 0.0
-        if pixel_values is None:
-            side = model.config.vision_config.image_size
-            blank = hidden.new_zeros((1, 3, side, side))
-            feats = model.model.get_image_features(blank)
-            zero = zero + getattr(feats, "pooler_output", feats).sum() * 0.0
-        return zero.float()
 
 
 #: the image tokenizer's tensors in a Janus checkpoint
@@ -714,12 +708,6 @@ def _decode_step(lm: Any, embeds: torch.Tensor, position: torch.Tensor, past: An
         if isinstance(hidden, tuple):  # older transformers return (hidden_states, ...)
             hidden = hidden[0]
     return lm.norm(hidden)
-
-
-def _distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _filtered_probs(scores: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:

@@ -35,6 +35,8 @@ from ..base import (  # noqa: I001
     SamplingParams,
     TargetNLL,
     UnifiedAdapter,
+    every_branch,
+    most_over_ranks,
     summed_logps,
     weighted_sft_loss,
 )
@@ -426,15 +428,25 @@ class ShowoAdapter(UnifiedAdapter):
         attention_mask = batch.get("attention_mask")
         gen_rows = ((input_ids >= spec.gen_offset) & (input_ids < spec.gen_offset + spec.codebook_size)).any(-1)
         ids, mask, gen_targets = self._t2i_rows(input_ids, attention_mask, dpo=dpo, prompt_dropout=prompt_dropout, step=step)
-        hidden = model.hidden_states(ids, attention_mask=mask, pixel_values=batch.get("pixel_values"))
+        # in a distributed run every branch runs (see every_branch), always in this order: the VQ's encoder (once per
+        # image, as often as on the rank with the most images to understand), the LLM, the head at image targets,
+        # the head at text targets
+        every = every_branch()
+        pixel_values = batch.get("pixel_values")
+        images = 0 if pixel_values is None else int(pixel_values.shape[0])
+        hidden = model.hidden_states(ids, attention_mask=mask, pixel_values=pixel_values,
+                                     min_encodes=most_over_ranks(images, ids.device) if every else 0)
         head = model.get_output_embeddings()
         width = ids.shape[1] - 1
         nll = torch.zeros((ids.shape[0], width), dtype=torch.float32, device=hidden.device)
+        probe = hidden[:1, 0]
         # image targets: logits at j predict the token at j (entry j - 1)
         gen_t = (gen_targets[:, 1:] != IGNORE_INDEX)
         if gen_t.any():
             logits = head(hidden[:, 1:][gen_t]).float()
             nll[gen_t] = F.cross_entropy(logits, gen_targets[:, 1:][gen_t], reduction="none")
+        elif every:
+            nll = nll + head(probe).float().sum() * 0.0
         # text targets: logits at j predict the token at j + 1 (entry j)
         if labels is not None:
             text_t = (labels[:, 1:] != IGNORE_INDEX) & ~gen_rows.unsqueeze(-1)
@@ -443,6 +455,8 @@ class ShowoAdapter(UnifiedAdapter):
         if text_t.any():
             logits = head(hidden[:, :-1][text_t]).float()
             nll[text_t] = F.cross_entropy(logits, labels[:, 1:][text_t], reduction="none")
+        elif every:
+            nll = nll + head(probe).float().sum() * 0.0
         return TargetNLL(nll=nll, text_mask=text_t, gen_mask=gen_t)
 
     def sft_loss(self, model: Any, batch: dict[str, Any], *, prompt_dropout: float = 0.0,

@@ -289,6 +289,9 @@ class ShowoForConditionalGeneration(PreTrainedModel, GenerationMixin):  # Genera
     def _init_weights(self, module: nn.Module) -> None:
         # the LLM's modules are initialised by PhiPreTrainedModel; the VQ's by PyTorch's defaults
         if isinstance(module, (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm, nn.Embedding)):
+            own = list(module.parameters(recurse=False))
+            if own and all(getattr(p, "_is_hf_initialized", False) for p in own):
+                return  # loaded from the checkpoint (under DeepSpeed ZeRO-3 still partitioned: nothing to reset)
             module.reset_parameters()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -384,13 +387,19 @@ class ShowoForConditionalGeneration(PreTrainedModel, GenerationMixin):  # Genera
         return out
 
     # ------------------------------------------------------------------ forward
-    def _prepare(self, input_ids, attention_mask, pixel_values, position_ids):
+    def _prepare(self, input_ids, attention_mask, pixel_values, position_ids, min_encodes=0):
         if pixel_values is not None:
             input_ids = self.fill_understanding_images(input_ids, pixel_values)
         elif bool((input_ids == self.config.und_placeholder_id).any()):
             raise ValueError(
                 f"input_ids hold image placeholder tokens (id {self.config.und_placeholder_id}) but no pixel_values"
             )
+        # the VQ encodes one image at a time; blank ones make up the count every rank must run (see hidden_states)
+        extra = min_encodes - (0 if pixel_values is None else int(pixel_values.shape[0]))
+        if extra > 0:
+            side = self.config.image_size
+            with torch.no_grad():
+                self._encode_codes(torch.zeros((extra, 3, side, side), device=input_ids.device))
         mask = self.omni_attention_mask(input_ids, attention_mask)
         if position_ids is None:
             b, n = input_ids.shape
@@ -403,11 +412,15 @@ class ShowoForConditionalGeneration(PreTrainedModel, GenerationMixin):  # Genera
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        min_encodes: int = 0,
     ) -> torch.Tensor:
         """Final-layernorm output ``(B, L, D)`` of the LLM under the omni-attention mask.  Position ids default to
         ``arange(L)`` over the whole row, pads included (as the original; RoPE is relative and pads are never
-        attended, so packed, left- and right-padded rows give the same states at real tokens)."""
-        input_ids, mask, position_ids = self._prepare(input_ids, attention_mask, pixel_values, position_ids)
+        attended, so packed, left- and right-padded rows give the same states at real tokens).  ``min_encodes``:
+        run the VQ's encoder at least this many times, on blank images (output unused) after the images to
+        understand, since every rank of a sharded run must gather the same modules as often, in the same order."""
+        input_ids, mask, position_ids = self._prepare(input_ids, attention_mask, pixel_values, position_ids,
+                                                      min_encodes)
         out = self.showo.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
