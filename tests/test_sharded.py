@@ -416,3 +416,25 @@ def test_sharded_with_understanding_on_one_rank_and_generation_on_the_other(tmp_
             _assert_sharded(r, numel)
     history = [r for r in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in r]
     assert len(history) == 3 and all("gen_loss" in r and "text_loss" in r for r in history), history
+
+
+def test_the_readme_zero3_command_trains_the_shipped_example(tmp_path):
+    """The README's command line: the shipped full-SFT example (the embedded model, generation and understanding
+    rows mixed) under the shipped ZeRO-3 config on 2 ranks, the YAML untouched but for output_dir and max_steps."""
+    from conftest import BIN, run
+    from unigap.loading import load_unified
+
+    out = tmp_path / "out"
+    proc = run([str(BIN / "llamafactory-cli"), "train", "yaml_examples/gap_sft_full.yaml",
+                "deepspeed=yaml_examples/deepspeed/ds_z3_config.json", f"output_dir={out}", "max_steps=3"],
+               cwd=ROOT, env=TWO, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    reports = _reports(out)
+    for r in reports:
+        assert r["zero_stage"] == 3 and set(r["by_type"]) == {"ZeRO3Parameter"}, r
+        assert r["checksum_end"] != r["checksum_begin"]
+    _assert_halves(reports)
+    history = [r for r in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in r]
+    assert history and all("gen_loss" in r and "text_loss" in r for r in history), history
+    model = load_unified(str(out), device="cpu", dtype="float32")
+    assert model.generate(["a red square"], seeds=[0]).shape == (1, model.spec.num_image_tokens)
