@@ -61,7 +61,7 @@ $(SHOWODATA): $(SHOWO)/config.json yaml_examples/showo_selfplay.yaml yaml_exampl
 	$(BIN)/unigap build dpo outputs/examples-showo/selfplay --out outputs/examples-showo/data --name showo_selfplay_dpo --any-outcome
 
 test: setup
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=25
 
 # The whole loop on an embedded model: 2 rounds of self-play -> build -> llamafactory-cli train ->
 # held-out evaluation (own judge + exact oracle); rerun to resume (outputs/loop/shapes-janus).
