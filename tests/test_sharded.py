@@ -317,6 +317,20 @@ def test_zero2_partitions_the_optimizer_state_and_trains_like_ddp(tmp_path, tiny
     assert any(not torch.equal(saved[n], initial[n]) for n in initial if "language_model" in n)
 
 
+def _assert_saved_adapter(out: Path) -> dict:
+    """``out`` holds the LoRA adapter alone, every tensor of it the trained one (its checksum equals the ranks'
+    checksums of their trained shards added up); returns it."""
+    from safetensors.torch import load_file
+
+    trained = _trained(out)
+    saved = load_file(out / "adapter_model.safetensors")
+    names = {name.replace(".default.", "."): name for name in trained}  # the file drops the adapter's name
+    assert saved.keys() == names.keys() and all("lora_" in k for k in saved)
+    for key, tensor in saved.items():
+        assert _sums(tensor) == pytest.approx(trained[names[key]], rel=1e-9, abs=1e-9), key
+    return saved
+
+
 def test_zero3_lora_partitions_the_model_and_saves_the_trained_adapter(tmp_path, tiny, tiny_model, example_data,
                                                                        ddp_runs):
     """LoRA generation SFT under ZeRO-3: base and adapter partitioned, the adapter's shards trained, the same
@@ -333,12 +347,7 @@ def test_zero3_lora_partitions_the_model_and_saves_the_trained_adapter(tmp_path,
     _assert_zero3(reports, numel + lora_numel, nbytes)
     ddp = ddp_runs("lora")
     assert _losses(out) == pytest.approx(_losses(ddp), rel=1e-4, abs=1e-5)
-    trained = _trained(out)
-    saved = load_file(out / "adapter_model.safetensors")
-    names = {name.replace(".default.", "."): name for name in trained}
-    assert saved.keys() == names.keys() and all("lora_" in k for k in saved)
-    for key, tensor in saved.items():
-        assert _sums(tensor) == pytest.approx(trained[names[key]], rel=1e-9, abs=1e-9), key
+    saved = _assert_saved_adapter(out)
     reference = load_file(ddp / "adapter_model.safetensors")
     for key, tensor in reference.items():
         assert torch.allclose(saved[key], tensor, rtol=1e-4, atol=1e-6), key
@@ -466,3 +475,25 @@ def test_lora_replay_under_sharding_draws_the_same_images_as_ddp(tmp_path, tiny_
     assert a and [x[:3] for x in a] == [x[:3] for x in b]  # the same drawn codes
     assert [x[3] for x in a] == pytest.approx([x[3] for x in b], abs=1e-5)
     assert _losses(sharded) == pytest.approx(_losses(ddp_lora_replay), rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["zero3", "fsdp2"])
+def test_lora_dpo_under_sharding_keeps_the_base_and_saves_the_trained_adapter(tmp_path, tiny, tiny_model, example_data,
+                                                                             engine):
+    """LoRA DPO under ZeRO-3 and FSDP2: the reference is the base weights with the adapter disabled (no copy, so no
+    second model on any rank); the base is verified unchanged over each rank's shard, every rank's adapter shard is
+    trained, and the saved adapter is the trained one."""
+    extra, env = ({"deepspeed": Z3}, TWO) if engine == "zero3" else (FSDP2, CPU_FSDP)
+    numel, nbytes = _full(tiny)
+    out = tmp_path / "out"
+    cfg = base_config(tiny_model, example_data, "unigap_gen_dpo", out, stage="dpo", pref_beta=0.1,
+                      per_device_train_batch_size=2, max_steps=3, **extra)
+    lf_train(cfg, tmp_path, env=env, timeout=300)
+    reports = _reports(out)
+    for r in reports:
+        assert set(r["by_type"]) == ({"ZeRO3Parameter"} if engine == "zero3" else {"DTensor"}), r["by_type"]
+        assert "reference" not in r and r["checksum_end"] != r["checksum_begin"]
+        assert r["local_bytes"] < 0.55 * nbytes
+    check = json.loads((out / "unigap_reference_check.json").read_text())
+    assert check["unchanged"] and check["tensors"] > 0 and "adapter disabled" in check["reference"], check
+    _assert_saved_adapter(out)
