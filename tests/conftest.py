@@ -44,6 +44,20 @@ def lf_train(config: dict, workdir: Path, env: dict | None = None, expect_ok: bo
     return proc
 
 
+def one_of_each(example_data: Path, root: Path) -> Path:
+    """A copy of the example data under ``root`` with a dataset ``mix``: one generation row, then one understanding
+    row (at batch size 1 on 2 ranks, each step one rank generates and the other understands)."""
+    import shutil
+
+    shutil.copytree(example_data, root)
+    rows = json.loads((root / "gen_sft.json").read_text())[:1] + json.loads((root / "und_sft.json").read_text())[:1]
+    (root / "mix.json").write_text(json.dumps(rows))
+    info = json.loads((root / "dataset_info.json").read_text())
+    info["mix"] = dict(info["unigap_gen_sft"], file_name="mix.json")
+    (root / "dataset_info.json").write_text(json.dumps(info))
+    return root
+
+
 def base_config(model: Path, dataset_dir: Path, dataset: str, out: Path, **overrides) -> dict:
     config = {
         "model_name_or_path": str(model),

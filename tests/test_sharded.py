@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, base_config, lf_train
+from conftest import ROOT, base_config, lf_train, one_of_each
 from test_curriculum_e2e import RECORD, _config, _jsonl, cur_data  # noqa: F401  (cur_data: a fixture)
 
 pytestmark = pytest.mark.e2e
@@ -317,6 +317,11 @@ def test_zero2_partitions_the_optimizer_state_and_trains_like_ddp(tmp_path, tiny
     assert any(not torch.equal(saved[n], initial[n]) for n in initial if "language_model" in n)
 
 
+def _engine(engine: str) -> tuple[dict, dict]:
+    """The YAML keys and the environment of a 2-rank run under ``zero3`` (the shipped config) or ``fsdp2``."""
+    return ({"deepspeed": Z3}, TWO) if engine == "zero3" else (FSDP2, CPU_FSDP)
+
+
 def _assert_saved_adapter(out: Path) -> dict:
     """``out`` holds the LoRA adapter alone, every tensor of it the trained one (its checksum equals the ranks'
     checksums of their trained shards added up); returns it."""
@@ -399,18 +404,11 @@ def test_sharded_with_understanding_on_one_rank_and_generation_on_the_other(tmp_
     image to generate.  ZeRO-3 gathers each module's partitions as it runs (FSDP2 each wrapped block's), a
     collective, so both ranks must run the same modules in the same order whatever their rows (before, ZeRO-3
     crashed on a collective of mismatched sizes); training must neither hang nor crash, and log both heads."""
-    import shutil
     import subprocess
 
-    root = tmp_path / "data"
-    shutil.copytree(example_data, root)
-    rows = json.loads((root / "gen_sft.json").read_text())[:1] + json.loads((root / "und_sft.json").read_text())[:1]
-    (root / "mix.json").write_text(json.dumps(rows))
-    info = json.loads((root / "dataset_info.json").read_text())
-    info["mix"] = dict(info["unigap_gen_sft"], file_name="mix.json")
-    (root / "dataset_info.json").write_text(json.dumps(info))
+    root = one_of_each(example_data, tmp_path / "data")
     out = tmp_path / "out"
-    extra, env = ({"deepspeed": Z3}, TWO) if engine == "zero3" else (FSDP2, CPU_FSDP)
+    extra, env = _engine(engine)
     cfg = base_config(tiny_model, root, "mix", out, finetuning_type="full", per_device_train_batch_size=1,
                       num_train_epochs=3, **extra)
     cfg.pop("lora_target"), cfg.pop("lora_rank")
@@ -466,7 +464,7 @@ def test_lora_replay_under_sharding_draws_the_same_images_as_ddp(tmp_path, tiny_
                                                                  engine):
     """C-SFT replay with LoRA under ZeRO-3 and FSDP2: the gathered weights include the adapter being trained, so the
     replayed candidates (codes and P(yes)) and the losses after the replay are DDP's."""
-    extra, env = ({"deepspeed": Z3}, TWO) if engine == "zero3" else (FSDP2, CPU_FSDP)
+    extra, env = _engine(engine)
     sharded = _replay(tmp_path, tiny_model, cur_data, engine, env, "lora", LORA_LR, **extra)
     for r in _reports(sharded):
         assert set(r["by_type"]) == ({"ZeRO3Parameter"} if engine == "zero3" else {"DTensor"}), r["by_type"]
@@ -483,7 +481,7 @@ def test_lora_dpo_under_sharding_keeps_the_base_and_saves_the_trained_adapter(tm
     """LoRA DPO under ZeRO-3 and FSDP2: the reference is the base weights with the adapter disabled (no copy, so no
     second model on any rank); the base is verified unchanged over each rank's shard, every rank's adapter shard is
     trained, and the saved adapter is the trained one."""
-    extra, env = ({"deepspeed": Z3}, TWO) if engine == "zero3" else (FSDP2, CPU_FSDP)
+    extra, env = _engine(engine)
     numel, nbytes = _full(tiny)
     out = tmp_path / "out"
     cfg = base_config(tiny_model, example_data, "unigap_gen_dpo", out, stage="dpo", pref_beta=0.1,

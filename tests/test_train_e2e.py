@@ -25,7 +25,7 @@ from helpers import (
 )
 from PIL import Image
 
-from conftest import BIN, base_config, lf_train, run
+from conftest import BIN, base_config, lf_train, one_of_each, run
 
 pytestmark = pytest.mark.e2e
 
@@ -317,16 +317,9 @@ def test_precomputed_reference_copy_is_really_freed(tmp_path_factory, tiny, tiny
 
 def test_torchrun_with_understanding_on_one_rank_and_generation_on_the_other(tmp_path, tiny, tiny_model, example_data):
     """Mixed data under DDP: ranks whose batches use different branches must not hang or diverge."""
-    import shutil
     import subprocess
 
-    root = tmp_path / "data"
-    shutil.copytree(example_data, root)
-    rows = json.loads((root / "gen_sft.json").read_text())[:1] + json.loads((root / "und_sft.json").read_text())[:1]
-    (root / "mix.json").write_text(json.dumps(rows))
-    info = json.loads((root / "dataset_info.json").read_text())
-    info["mix"] = dict(info["unigap_gen_sft"], file_name="mix.json")
-    (root / "dataset_info.json").write_text(json.dumps(info))
+    root = one_of_each(example_data, tmp_path / "data")
     out = tmp_path / "out"
     cfg = base_config(tiny_model, root, "mix", out, per_device_train_batch_size=1, num_train_epochs=3)
     try:

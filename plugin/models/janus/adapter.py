@@ -485,8 +485,8 @@ class JanusAdapter(UnifiedAdapter):
 
     # ------------------------------------------------------------------ training
     def _embed(self, model: Any, text_ids: torch.Tensor, pixel_values: torch.Tensor | None,
-               every_branch: bool = False) -> torch.Tensor:
-        """Text embeddings with the understanding images' features at their placeholders.  ``every_branch``: run the
+               stand_in: bool = False) -> torch.Tensor:
+        """Text embeddings with the understanding images' features at their placeholders.  ``stand_in``: run the
         vision tower even without an image (on one blank image, its output times zero), so that every rank of a
         sharded run gathers the same modules in the same order (see :meth:`target_nll`)."""
         embeds = model.get_input_embeddings()(text_ids)
@@ -501,7 +501,7 @@ class JanusAdapter(UnifiedAdapter):
                     "(an understanding image was cut by cutoff_len?)"
                 )
             embeds = embeds.masked_scatter(placeholders.unsqueeze(-1), feats.to(embeds.dtype))
-        elif every_branch:
+        elif stand_in:
             side = model.config.vision_config.image_size
             feats = model.model.get_image_features(embeds.new_zeros((1, 3, side, side)))
             embeds = embeds + getattr(feats, "pooler_output", feats).sum().to(embeds.dtype) * 0.0
@@ -546,7 +546,7 @@ class JanusAdapter(UnifiedAdapter):
         every = every_branch()
         gen_in = input_ids >= spec.gen_offset
         text_ids = self.drop_prompts(input_ids.masked_fill(gen_in, spec.pad_token_id), gen_in, prompt_dropout)
-        embeds = self._embed(model, text_ids, batch.get("pixel_values"), every_branch=every)
+        embeds = self._embed(model, text_ids, batch.get("pixel_values"), stand_in=every)
         if gen_in.any():
             codes = input_ids[gen_in] - spec.gen_offset
             gen_embeds = model.prepare_embeddings_for_image_generation(codes)
